@@ -1,0 +1,156 @@
+"""Decode, resample and trim audio: the first half of stage 1.
+
+Everything works on whole utterances as numpy arrays (float32, mono).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+
+from deep_speaker.config import Config
+
+MIN_INPUT_RATE_HZ = 8000
+MAX_INPUT_RATE_HZ = 192000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot become a usable utterance; the message names the reason."""
+
+
+@dataclass
+class TrimmedAudio:
+    audio: np.ndarray  # whole utterance, float32 at the target rate
+    voice_start: int  # first voiced sample
+    voice_end: int  # one past the last voiced sample
+    sample_rate_hz: int
+
+    @property
+    def audio_voice_only(self) -> np.ndarray:
+        return self.audio[self.voice_start:self.voice_end]
+
+    @property
+    def left_blank_duration_ms(self) -> float:
+        return 1000.0 * self.voice_start / self.sample_rate_hz
+
+    @property
+    def right_blank_duration_ms(self) -> float:
+        return 1000.0 * (len(self.audio) - self.voice_end) / self.sample_rate_hz
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file to mono float32 at its own sample rate.
+
+    Raises AudioError for empty, truncated, non-audio or non-finite files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError("file not found")
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    try:
+        samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+        samples, rate = _read_with_librosa(path, error)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1, dtype=np.float32)  # mix to mono
+    if samples.size == 0:
+        raise AudioError("no samples in file")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("audio holds NaN or infinite samples")
+    if not MIN_INPUT_RATE_HZ <= rate <= MAX_INPUT_RATE_HZ:
+        raise AudioError(f"sample rate {rate} Hz outside {MIN_INPUT_RATE_HZ}-{MAX_INPUT_RATE_HZ} Hz")
+    return np.ascontiguousarray(samples, dtype=np.float32), int(rate)
+
+
+def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, int]:
+    """Fallback decoder (audioread/ffmpeg) for formats libsndfile cannot open, e.g. some mp3."""
+    if path.suffix.lower() not in {".mp3", ".m4a", ".aac"}:
+        raise AudioError(f"not decodable audio ({_first_line(first_error)})")
+    try:
+        import librosa
+
+        samples, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
+    except Exception as error:  # audioread raises many unrelated types
+        raise AudioError(f"not decodable audio ({_first_line(error)})") from None
+    return samples, int(rate)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def resample(samples: np.ndarray, rate_hz: int, target_rate_hz: int) -> np.ndarray:
+    """Resample with soxr's high-quality filter (no hand-written resampler)."""
+    if rate_hz == target_rate_hz:
+        return samples.astype(np.float32, copy=False)
+    return soxr.resample(samples, rate_hz, target_rate_hz, quality="HQ").astype(np.float32, copy=False)
+
+
+def voice_bounds_percentile(audio: np.ndarray, percentile: float) -> tuple[int, int]:
+    """The seed's trim: voice spans the first to the last sample louder than
+    the given percentile of |x|.
+
+    >>> voice_bounds_percentile(np.array([0, 0, 1, 5, 1, 0], dtype=np.float32), 50)
+    (2, 5)
+    """
+    magnitude = np.abs(audio)
+    threshold = np.percentile(magnitude, percentile)
+    loud = np.flatnonzero(magnitude > threshold)
+    if loud.size == 0:
+        return 0, 0
+    return int(loud[0]), int(loud[-1]) + 1
+
+
+def voice_bounds_energy(audio: np.ndarray, sample_rate_hz: int, top_db: float,
+                        frame_ms: float = 25.0, hop_ms: float = 10.0) -> tuple[int, int]:
+    """Frame-energy trim like `librosa.effects.trim`: voice = frames whose RMS is
+    within `top_db` of the loudest frame; bounds are refined to the hop."""
+    frame = max(1, int(sample_rate_hz * frame_ms / 1000))
+    hop = max(1, int(sample_rate_hz * hop_ms / 1000))
+    if len(audio) < frame:
+        padded = np.pad(audio, (0, frame - len(audio)))
+    else:
+        padded = audio
+    windows = np.lib.stride_tricks.sliding_window_view(padded, frame)[::hop]
+    rms = np.sqrt(np.mean(windows.astype(np.float64) ** 2, axis=1))
+    peak = rms.max()
+    if peak <= 0:
+        return 0, 0
+    level_db = 20 * np.log10(np.maximum(rms, 1e-12) / peak)
+    voiced = np.flatnonzero(level_db > -top_db)
+    # A frame counts from its centre hop: the frame starting at i*hop covers the
+    # edge only once more than half of it is voiced.
+    start = int(voiced[0] * hop + (frame - hop) // 2)
+    end = int(min(len(audio), voiced[-1] * hop + (frame + hop) // 2))
+    return max(0, start), max(end, start)
+
+
+def trim_silence(audio: np.ndarray, config: Config) -> tuple[int, int]:
+    """Bounds (start, end) of the voiced part, by the configured rule."""
+    if config.trim == "percentile":
+        return voice_bounds_percentile(audio, config.trim_percentile)
+    if config.trim == "energy":
+        return voice_bounds_energy(audio, config.sample_rate_hz, config.trim_top_db)
+    raise ValueError(f"unknown trim rule {config.trim!r} (choose percentile or energy)")
+
+
+def load_utterance(path: str | Path, config: Config) -> TrimmedAudio:
+    """Decode, resample to the target rate and locate the voice of one file.
+
+    Raises AudioError when the file has no usable speech.
+    """
+    samples, rate = read_audio(path)
+    audio = resample(samples, rate, config.sample_rate_hz)
+    if not np.any(audio):
+        raise AudioError("audio is all silent (every sample is zero)")
+    start, end = trim_silence(audio, config)
+    voice_ms = 1000.0 * (end - start) / config.sample_rate_hz
+    if voice_ms < config.min_voice_ms:
+        raise AudioError(f"too little speech: {voice_ms:.0f} ms of voice, at least "
+                         f"{config.min_voice_ms:.0f} ms needed")
+    return TrimmedAudio(audio=audio, voice_start=start, voice_end=end, sample_rate_hz=config.sample_rate_hz)

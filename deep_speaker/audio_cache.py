@@ -1,0 +1,227 @@
+"""Stage 1: the audio cache (`preprocess.py --regenerate_full_cache | --update_cache`).
+
+One pickle per utterance in ``<cache>/audio_cache_pkl/<utterance_id>.pkl`` with the
+seed's keys (`filename`, `left_blank_duration_ms`, `right_blank_duration_ms`,
+`audio_voice_only`, `audio`) plus `speaker_id`, `utterance_id`, `sample_rate`.
+Each run also appends to an index in ``<cache>/audio_cache_index/`` so stage 2
+can group utterances by speaker without opening every pickle.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.audio import AudioError, load_utterance
+from deep_speaker.config import Config
+from deep_speaker.corpus import Utterance, discover_utterances, in_shard
+from deep_speaker.io_utils import atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
+from deep_speaker.parallel import map_jobs
+from deep_speaker.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+AUDIO_CACHE_DIR = "audio_cache_pkl"
+INDEX_DIR = "audio_cache_index"
+REGENERATING_MARKER = ".regenerating"
+INDEX_COLUMNS = ("cache_file", "speaker_id", "utterance_id", "duration_s", "voice_s", "source")
+
+
+@dataclass
+class CacheSummary:
+    cached: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.cached / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return (f"audio cache: {self.cached} files cached, {self.skipped} skipped (already cached), "
+                f"{len(self.failed)} failed, {self.audio_seconds / 3600:.2f} h of audio, "
+                f"{self.wall_seconds:.1f} s wall, {rate:.1f} files/s")
+
+
+def audio_cache_dir(cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / AUDIO_CACHE_DIR
+
+
+def cache_utterance(utterance: Utterance, output_dir: Path, config: Config) -> dict:
+    """Decode one file and write its cache pickle; returns an index row.
+
+    Raises AudioError (or OSError) with the reason when the file is unusable.
+    """
+    trimmed = load_utterance(utterance.path, config)
+    record = {
+        "filename": str(utterance.path),
+        "speaker_id": utterance.speaker_id,
+        "utterance_id": utterance.utterance_id,
+        "sample_rate": config.sample_rate_hz,
+        "left_blank_duration_ms": float(trimmed.left_blank_duration_ms),
+        "right_blank_duration_ms": float(trimmed.right_blank_duration_ms),
+        "audio_voice_only": np.ascontiguousarray(trimmed.audio_voice_only),
+        "audio": trimmed.audio,
+    }
+    atomic_write_pickle(output_dir / utterance.cache_name, record)
+    return index_row(record, utterance.cache_name)
+
+
+def index_row(record: dict, cache_name: str) -> dict:
+    rate = record["sample_rate"]
+    return {
+        "cache_file": cache_name,
+        "speaker_id": record["speaker_id"],
+        "utterance_id": record["utterance_id"],
+        "duration_s": len(record["audio"]) / rate,
+        "voice_s": len(record["audio_voice_only"]) / rate,
+        "source": record["filename"],
+    }
+
+
+def _cache_one(job: tuple[Utterance, Path, Config]) -> tuple[Utterance, dict | None, str | None]:
+    utterance, output_dir, config = job
+    try:
+        return utterance, cache_utterance(utterance, output_dir, config), None
+    except (AudioError, OSError, ValueError) as error:
+        return utterance, None, str(error).splitlines()[0] if str(error) else type(error).__name__
+    except Exception as error:  # one bad file never kills a batch of thousands
+        return utterance, None, f"unexpected {type(error).__name__}: {error}"
+
+
+def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, regenerate: bool,
+                      workers: int = 1, shard: tuple[int, int] | None = None, mic: int = 1) -> CacheSummary:
+    """Cache every utterance found in `audio_dirs`.
+
+    regenerate=True wipes `audio_cache_pkl/` (only it and its index) first; a
+    regenerate that was killed is resumed, not restarted, by the next one.
+    regenerate=False (update) caches only the files not cached yet.
+    """
+    started = time.monotonic()
+    cache_dir = Path(cache_dir)
+    output_dir = audio_cache_dir(cache_dir)
+    utterances = [u for u in discover_utterances(audio_dirs, mic=mic) if in_shard(u, shard)]
+    if not utterances:
+        raise FileNotFoundError(f"no audio files (.wav .flac .ogg .mp3) found under {', '.join(map(str, audio_dirs))}")
+    marker = output_dir / REGENERATING_MARKER
+    if regenerate and not marker.exists():
+        _wipe_audio_cache(cache_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if regenerate:
+        marker.touch()
+    remove_stale_temp_files(output_dir)
+
+    summary = CacheSummary()
+    todo = [u for u in utterances if not (output_dir / u.cache_name).exists()]
+    summary.skipped = len(utterances) - len(todo)
+    index_path = cache_dir / INDEX_DIR / f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}.tsv"
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    jobs = [(u, output_dir, config) for u in todo]
+    with open(index_path, "a", encoding="utf-8") as index_file, \
+            progress_bar(total=len(jobs), desc="audio cache", unit="file") as bar:
+        chunksize = max(1, min(16, len(jobs) // (max(workers, 1) * 8)))
+        for utterance, row, error in map_jobs(_cache_one, jobs, workers, chunksize):
+            bar.update(1)
+            if error is not None:
+                summary.failed.append((str(utterance.path), error))
+                continue
+            summary.cached += 1
+            summary.audio_seconds += row["duration_s"]
+            index_file.write("\t".join(str(row[c]) for c in INDEX_COLUMNS) + "\n")
+            index_file.flush()
+    if index_path.stat().st_size == 0:
+        index_path.unlink()
+    _write_failures(cache_dir, summary.failed, shard)
+    if regenerate:
+        marker.unlink(missing_ok=True)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _wipe_audio_cache(cache_dir: Path) -> None:
+    for name in (AUDIO_CACHE_DIR, INDEX_DIR):
+        folder = cache_dir / name
+        if folder.exists():
+            count = sum(1 for _ in folder.iterdir())
+            log.info("regenerate: wiping %s (%d files); inputs and checkpoints are kept", folder, count)
+            shutil.rmtree(folder)
+
+
+def _write_failures(cache_dir: Path, failures: list[tuple[str, str]], shard) -> None:
+    name = "failures.tsv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.tsv"
+    lines = ["path\treason"] + [f"{path}\t{reason}" for path, reason in failures]
+    atomic_write_text(cache_dir / name, "\n".join(lines) + "\n")
+
+
+def read_cache_index(cache_dir: str | Path) -> dict[str, dict]:
+    """Index rows of every cached utterance, by cache file name.
+
+    Pickles missing from the index (a run killed before it wrote its row, or a
+    cache copied from elsewhere) are opened once to recover their row; unsafe
+    or unreadable pickles are left out and logged.
+    """
+    cache_dir = Path(cache_dir)
+    output_dir = audio_cache_dir(cache_dir)
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"{output_dir}: no audio cache (run preprocess.py --regenerate_full_cache first)")
+    present = {p.name for p in output_dir.glob("*.pkl")}
+    rows: dict[str, dict] = {}
+    for index_file in sorted((cache_dir / INDEX_DIR).glob("*.tsv")):
+        for line in index_file.read_text(encoding="utf-8").splitlines():
+            parts = line.split("\t")
+            if len(parts) != len(INDEX_COLUMNS) or parts[0] not in present:
+                continue  # a half-written last line, or a pickle since removed
+            row = dict(zip(INDEX_COLUMNS, parts))
+            row["duration_s"], row["voice_s"] = float(row["duration_s"]), float(row["voice_s"])
+            rows[row["cache_file"]] = row
+    missing = sorted(present - rows.keys())
+    if missing:
+        recovered = []
+        for name in missing:
+            try:
+                record = load_cached_utterance(output_dir / name)
+            except ValueError as error:
+                log.warning("%s", error)
+                continue
+            rows[name] = index_row(record, name)
+            recovered.append(rows[name])
+        if recovered:
+            _append_index(cache_dir, recovered)
+    return dict(sorted(rows.items()))
+
+
+def _append_index(cache_dir: Path, rows: list[dict]) -> None:
+    path = cache_dir / INDEX_DIR / f"recovered-{os.getpid()}-{int(time.time())}.tsv"
+    text = "".join("\t".join(str(r[c]) for c in INDEX_COLUMNS) + "\n" for r in rows)
+    try:
+        atomic_write_text(path, text)
+    except OSError:
+        pass  # a read-only cache still works, it is just slower next time
+
+
+REQUIRED_KEYS = ("filename", "speaker_id", "utterance_id", "sample_rate", "left_blank_duration_ms",
+                 "right_blank_duration_ms", "audio_voice_only", "audio")
+
+
+def load_cached_utterance(path: str | Path) -> dict:
+    """One cache pickle, checked: a dict with the keys above and float32 audio."""
+    record = load_pickle(path)
+    if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
+        raise ValueError(f"{path}: not an audio cache record (missing keys)")
+    for key in ("audio", "audio_voice_only"):
+        if not isinstance(record[key], np.ndarray) or record[key].ndim != 1:
+            raise ValueError(f"{path}: {key} is not a 1-D array")
+    return record
+
+
+def speakers_in_cache(index: dict[str, dict]) -> dict[str, list[str]]:
+    """Cache file names grouped by speaker, both sorted."""
+    by_speaker: dict[str, list[str]] = {}
+    for name, row in index.items():
+        by_speaker.setdefault(row["speaker_id"], []).append(name)
+    return {speaker: sorted(names) for speaker, names in sorted(by_speaker.items())}

@@ -1,0 +1,74 @@
+"""What every command shares: default paths, logging, and turning expected
+errors into one clear line with exit code 2."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DATA_ROOT = Path("deep-speaker-data")  # the seed's data root, relative to where commands run
+DEFAULT_CACHE_DIR = DATA_ROOT / "cache"
+DEFAULT_CHECKPOINT_DIR = DATA_ROOT / "checkpoints"
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """An expected failure: printed as one line, exit code 2."""
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description,
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. p225,p226")
+    return items
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return value
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+
+def run(body, argv=None) -> int:
+    """Call body(argv) and map expected failures to one line on stderr, exit 2."""
+    from deep_speaker.audio import AudioError
+
+    try:
+        return body(argv) or 0
+    except (CommandError, AudioError, FileNotFoundError, ValueError, PermissionError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:  # disk full, read-only folder, ...
+        print(f"error: {error.filename or ''}: {error.strerror or error}".replace("error: : ", "error: "),
+              file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130

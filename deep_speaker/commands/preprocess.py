@@ -1,0 +1,87 @@
+"""preprocess.py: stage 1 (audio cache) and stage 2 (training inputs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
+                                          positive_int, run, setup_logging)
+
+
+def build_parser():
+    p = parser("Deep Speaker preprocessing: cache 8 kHz trimmed audio, then build training inputs.")
+    stage = p.add_argument_group("stages (at least one)")
+    mode = stage.add_mutually_exclusive_group()
+    mode.add_argument("--regenerate_full_cache", action="store_true",
+                      help="wipe audio_cache_pkl/ and cache every utterance again (resumes if killed)")
+    mode.add_argument("--update_cache", action="store_true",
+                      help="cache only files not cached yet, e.g. a new samples/<Name>/ folder")
+    stage.add_argument("--generate_training_inputs", action="store_true",
+                       help="per-speaker fbank inputs/<speaker>.pkl and full_inputs.pkl from the cache")
+    p.add_argument("--audio_dir", action="append", default=None, metavar="DIR",
+                   help=f"corpus folder, repeatable (default: {DATA_ROOT}/VCTK-Corpus and, if present, "
+                        f"{DATA_ROOT}/samples)")
+    p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="cache folder")
+    p.add_argument("--multi_threading", action="store_true", help="use a process pool on all cores")
+    p.add_argument("--workers", type=positive_int, default=None,
+                   help="number of worker processes (default: all cores with --multi_threading, else 1)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="cache only the I-th of N deterministic shards of the files (cluster job arrays)")
+    p.add_argument("--mic", type=int, choices=(1, 2), default=1, help="VCTK 0.92 microphone")
+    p.add_argument("--trim", choices=("percentile", "energy"), default="percentile",
+                   help="silence trim: the seed's 95th-percentile rule, or frame energy like librosa")
+    p.add_argument("--unseen_speakers", type=comma_list, default=None, metavar="A,B,...",
+                   help="speakers left out of the training inputs (default: p363,p364,p374,p376 for VCTK, "
+                        "none for other corpora)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    return run(_main, argv)
+
+
+def _main(argv) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if not (args.regenerate_full_cache or args.update_cache or args.generate_training_inputs):
+        p.error("choose --regenerate_full_cache, --update_cache and/or --generate_training_inputs")
+    setup_logging(args.verbose)
+
+    from deep_speaker.audio_cache import build_audio_cache
+    from deep_speaker.config import Config
+    from deep_speaker.corpus import parse_shard
+    from deep_speaker.parallel import default_workers
+    from deep_speaker.training_inputs import generate_training_inputs
+
+    config = Config().override(trim=args.trim)
+    workers = args.workers or (default_workers() if args.multi_threading else 1)
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard and args.generate_training_inputs:
+        raise CommandError("--shard splits the audio cache only; run --generate_training_inputs once, unsharded")
+    status = 0
+    if args.regenerate_full_cache or args.update_cache:
+        audio_dirs = args.audio_dir or _default_audio_dirs()
+        summary = build_audio_cache(audio_dirs, args.cache_output_dir, config, regenerate=args.regenerate_full_cache,
+                                    workers=workers, shard=shard, mic=args.mic)
+        print(summary.line())
+        if summary.failed:
+            print(f"failures listed in {Path(args.cache_output_dir) / 'failures.tsv'}")
+        if summary.cached == 0 and summary.skipped == 0:
+            raise CommandError("nothing could be cached: every file failed (see failures.tsv)")
+    if args.generate_training_inputs:
+        summary = generate_training_inputs(args.cache_output_dir, config, unseen_speakers=args.unseen_speakers,
+                                           workers=workers)
+        print(summary.line())
+        if summary.written == 0 and summary.skipped == 0:
+            raise CommandError("no speaker's training inputs could be written (see inputs_failures.tsv)")
+    return status
+
+
+def _default_audio_dirs() -> list[str]:
+    dirs = [DATA_ROOT / "VCTK-Corpus"]
+    if (DATA_ROOT / "samples").is_dir():
+        dirs.append(DATA_ROOT / "samples")
+    if not dirs[0].is_dir():
+        raise CommandError(f"{dirs[0]}: corpus not found; pass --audio_dir DIR or download VCTK "
+                           f"(python scripts/download_vctk.py)")
+    return [str(d) for d in dirs]

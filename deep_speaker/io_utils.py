@@ -1,0 +1,103 @@
+"""Atomic writes and the one restricted unpickler every cache read goes through.
+
+The seed's cache files stay pickles for faithfulness, but they may only hold
+plain dicts, lists, strings, numbers and numpy arrays: `load_pickle` refuses
+anything else, so a planted pickle can never run code.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class UnsafePickleError(ValueError):
+    """A pickle asked for a global that deep-speaker never writes."""
+
+
+# (module, name) pairs that numpy arrays and scalars need when unpickled.
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("builtins", "complex"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (module == "numpy" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refused global {module}.{name}")
+
+
+def load_pickle(path: str | Path) -> Any:
+    """Load a cache pickle, allowing only plain data and numpy arrays.
+
+    Raises ValueError (UnsafePickleError for refused globals) naming the file.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafePickleError as error:
+        raise UnsafePickleError(f"{path}: unsafe pickle refused ({error})") from None
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError,
+            TypeError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable pickle ({type(error).__name__}: {error})") from None
+
+
+def atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_pickle(path: str | Path, obj: Any) -> None:
+    """Write `obj` to `path` through a temp file and a rename: never half a file."""
+    atomic_write(Path(path), lambda handle: pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    atomic_write(Path(path), lambda handle: np.savez(handle, **arrays))
+
+
+def remove_stale_temp_files(folder: str | Path) -> int:
+    """Delete temp files a killed run left behind; returns how many."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,220 @@
+"""Stage 2: training inputs (`preprocess.py --generate_training_inputs`).
+
+Reads the audio cache only. Per speaker it writes ``<cache>/inputs/<speaker>.pkl``:
+``train``/``test`` (lists of (num_frames, num_fbanks) float32 arrays, one per
+utterance, per-utterance normalised: see `deep_speaker.features`), ``speaker_id``,
+``mean_train``/``std_train`` (raw log-fbank statistics of the train part, kept for
+the seed's format), the utterance ids of each part and the feature settings.
+``<cache>/full_inputs.pkl`` maps every speaker to that same dict; it is written
+speaker by speaker so memory stays flat in the number of speakers.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
+from deep_speaker.config import Config
+from deep_speaker.corpus import default_unseen_speakers
+from deep_speaker.features import compute_fbank, normalize_utterance
+from deep_speaker.io_utils import atomic_write, atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
+from deep_speaker.parallel import map_jobs
+from deep_speaker.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+INPUTS_DIR = "inputs"
+FULL_INPUTS = "full_inputs.pkl"
+
+
+@dataclass
+class InputsSummary:
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (speaker or file, reason)
+    unseen: list[str] = field(default_factory=list)
+    frames: int = 0
+    wall_seconds: float = 0.0
+
+    def line(self) -> str:
+        hours = self.frames / 360000  # 100 frames per second
+        return (f"training inputs: {self.written} speakers written, {self.skipped} up to date, "
+                f"{len(self.failed)} failed, {len(self.unseen)} left out as unseen "
+                f"({','.join(self.unseen) or '-'}), {hours:.2f} h of voiced audio, {self.wall_seconds:.1f} s wall")
+
+
+def split_utterances(utterance_ids: list[str], speaker_id: str, config: Config) -> tuple[list[int], list[int]]:
+    """Seeded train/test split of a speaker's utterances, as index lists.
+
+    At least one utterance trains, and one tests when the speaker has two or more.
+
+    >>> split_utterances(['a', 'b', 'c', 'd', 'e'], 'x', Config())[1].__len__()
+    1
+    """
+    count = len(utterance_ids)
+    seed = config.split_seed + zlib.crc32(speaker_id.encode())
+    order = np.random.default_rng(seed).permutation(count)
+    num_test = int(round(count * config.test_fraction))
+    num_test = min(max(num_test, 1 if count >= 2 else 0), count - 1)
+    return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
+
+
+def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config) -> dict:
+    """The inputs dict of one speaker from its cached utterances."""
+    fbanks, utterance_ids = [], []
+    for path in cache_files:
+        record = load_cached_utterance(path)
+        if record["sample_rate"] != config.sample_rate_hz:
+            raise ValueError(f"{path}: cached at {record['sample_rate']} Hz, config wants {config.sample_rate_hz} Hz")
+        fbanks.append(compute_fbank(record["audio_voice_only"], config))
+        utterance_ids.append(record["utterance_id"])
+    if len(fbanks) == 1:
+        # One utterance: split it in time, the first part trains.
+        frames = fbanks[0]
+        cut = max(1, int(round(len(frames) * (1 - config.test_fraction))))
+        train_raw, test_raw = [frames[:cut]], [frames[cut:]] if cut < len(frames) else []
+        train_ids, test_ids = [utterance_ids[0]], [utterance_ids[0]] if test_raw else []
+    else:
+        train_idx, test_idx = split_utterances(utterance_ids, speaker_id, config)
+        train_raw, test_raw = [fbanks[i] for i in train_idx], [fbanks[i] for i in test_idx]
+        train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
+    stacked = np.concatenate(train_raw, axis=0)
+    return {
+        "speaker_id": speaker_id,
+        "train": [normalize_utterance(f) for f in train_raw],
+        "test": [normalize_utterance(f) for f in test_raw],
+        "train_utterances": train_ids,
+        "test_utterances": test_ids,
+        "mean_train": stacked.mean(axis=0).astype(np.float32),
+        "std_train": stacked.std(axis=0).astype(np.float32),
+        "feature_settings": config.feature_settings(),
+        "source_signature": _signature(cache_files, config),
+    }
+
+
+def _signature(cache_files: list[Path], config: Config) -> str:
+    """Changes when the speaker's cached files or the feature settings change."""
+    digest = hashlib.sha1()
+    for path in cache_files:
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    digest.update(repr(sorted(config.feature_settings().items())).encode())
+    digest.update(f"{config.test_fraction}:{config.split_seed}".encode())
+    return digest.hexdigest()
+
+
+def _is_up_to_date(path: Path, signature: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        return load_pickle(path).get("source_signature") == signature
+    except (ValueError, AttributeError):
+        return False
+
+
+def _speaker_job(job: tuple[str, list[Path], Path, Config]) -> tuple[str, str, int, str | None]:
+    """Writes one speaker's inputs; returns (speaker, 'written'|'skipped', frames, error)."""
+    speaker_id, cache_files, output_path, config = job
+    try:
+        if _is_up_to_date(output_path, _signature(cache_files, config)):
+            return speaker_id, "skipped", 0, None
+        inputs = speaker_inputs(speaker_id, cache_files, config)
+        atomic_write_pickle(output_path, inputs)
+        return speaker_id, "written", sum(len(f) for f in inputs["train"] + inputs["test"]), None
+    except Exception as error:  # one bad speaker never stops the others
+        return speaker_id, "failed", 0, str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_speakers=None,
+                             workers: int = 1) -> InputsSummary:
+    """Write the inputs pickles of every training speaker, then full_inputs.pkl.
+
+    unseen_speakers=None applies the default (VCTK's four held-out speakers for
+    VCTK ids, nobody otherwise); pass [] to train on everyone.
+    """
+    started = time.monotonic()
+    cache_dir = Path(cache_dir)
+    by_speaker = speakers_in_cache(read_cache_index(cache_dir))
+    if not by_speaker:
+        raise FileNotFoundError(f"{audio_cache_dir(cache_dir)}: audio cache is empty")
+    if unseen_speakers is None:
+        unseen_speakers = default_unseen_speakers(by_speaker)
+    elif unknown := sorted(set(unseen_speakers) - by_speaker.keys()):
+        raise ValueError(f"unknown --unseen_speakers {','.join(unknown)}; the cache holds "
+                         f"{len(by_speaker)} speakers: {_preview(by_speaker)}")
+    summary = InputsSummary(unseen=sorted(set(unseen_speakers) & by_speaker.keys()))
+    inputs_dir = cache_dir / INPUTS_DIR
+    inputs_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(inputs_dir)
+    training = [s for s in by_speaker if s not in set(unseen_speakers)]
+    for stale in inputs_dir.glob("*.pkl"):  # a speaker now unseen must not train
+        if stale.stem not in training:
+            stale.unlink()
+    source_dir = audio_cache_dir(cache_dir)
+    jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{s}.pkl", config) for s in training]
+    with progress_bar(total=len(jobs), desc="training inputs", unit="speaker") as bar:
+        for speaker_id, status, frames, error in map_jobs(_speaker_job, jobs, workers):
+            bar.update(1)
+            if status == "failed":
+                summary.failed.append((speaker_id, error))
+            elif status == "skipped":
+                summary.skipped += 1
+            else:
+                summary.written += 1
+                summary.frames += frames
+    done = [s for s in training if s not in {f for f, _ in summary.failed}]
+    if summary.written or not (cache_dir / FULL_INPUTS).exists():
+        write_full_inputs(cache_dir / FULL_INPUTS, [inputs_dir / f"{s}.pkl" for s in done])
+    lines = ["speaker\treason"] + [f"{s}\t{r}" for s, r in summary.failed]
+    atomic_write_text(cache_dir / "inputs_failures.tsv", "\n".join(lines) + "\n")
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _preview(names, limit: int = 20) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def write_full_inputs(path: Path, speaker_files: list[Path]) -> None:
+    """Write {speaker_id: inputs dict} one speaker at a time.
+
+    A pickle of a dict is EMPTY_DICT then (key, value, SETITEM) per entry, so
+    each speaker is pickled alone and appended: only one speaker is ever held in
+    memory, and the file still loads with a plain pickle.load. Protocol 3 is
+    used because its memo opcodes carry explicit indices (no framing), which
+    keeps the independently pickled parts valid side by side.
+    """
+    def write(handle):
+        handle.write(pickle.PROTO + bytes([3]) + pickle.EMPTY_DICT)
+        for speaker_file in speaker_files:
+            inputs = load_pickle(speaker_file)
+            for part in (inputs["speaker_id"], inputs):
+                body = pickle.dumps(part, protocol=3)
+                handle.write(body[2:-1])  # drop this part's PROTO header and STOP
+            handle.write(pickle.SETITEM)
+        handle.write(pickle.STOP)
+
+    atomic_write(path, write)
+
+
+def load_inputs(cache_dir: str | Path, speakers=None) -> dict[str, dict]:
+    """Inputs of the training speakers, {speaker_id: dict}, from ``inputs/``."""
+    inputs_dir = Path(cache_dir) / INPUTS_DIR
+    files = sorted(inputs_dir.glob("*.pkl"))
+    if not files:
+        raise FileNotFoundError(f"{inputs_dir}: no training inputs (run preprocess.py --generate_training_inputs)")
+    loaded = {}
+    for path in files:
+        if speakers is not None and path.stem not in speakers:
+            continue
+        inputs = load_pickle(path)
+        loaded[inputs["speaker_id"]] = inputs
+    return loaded

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+REQUIREMENTS = [line.split("#")[0].strip() for line in (HERE / "requirements.txt").read_text().splitlines()
+                if line.split("#")[0].strip()]
+
+setup(
+    name="deep-speaker",
+    version="1.0.0",
+    description="Deep Speaker (Baidu, arXiv 1705.02304) speaker embeddings in TensorFlow/Keras 3",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["deep_speaker", "deep_speaker.*"]),
+    package_data={"deep_speaker": ["pretrained/*"]},
+    include_package_data=True,
+    install_requires=REQUIREMENTS,
+    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    entry_points={
+        "console_scripts": [
+            "deep-speaker-preprocess=deep_speaker.commands.preprocess:main",
+            "deep-speaker-train=deep_speaker.commands.train_cli:main",
+            "deep-speaker-comp-cos=deep_speaker.commands.comp_cos:main",
+            "deep-speaker-get-emb=deep_speaker.commands.get_emb:main",
+            "deep-speaker-evaluate=deep_speaker.commands.evaluate:main",
+            "deep-speaker-download-vctk=deep_speaker.commands.download_vctk:main",
+        ]
+    },
+)

@@ -47,12 +47,14 @@ class Config:
     epochs: int = 20
     steps_per_epoch: int = 200
     lr: float = 1e-3  # Adam learning rate
+    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 1 % of lr over epochs * steps_per_epoch)
     triplet_margin: float = 0.1  # alpha of the cosine triplet loss (seed's ResCNN version)
     negatives: str = "hard"  # "hard" (closest in a scored pool) or "random" (seed)
     hard_pool_size: int = 8  # candidate negatives scored per anchor for hard mining
     hard_refresh_steps: int = 50  # steps between refreshes of the embedding bank used for mining
     spec_augment: bool = False  # time/frequency masking of training windows
     eval_utterances: int = 200  # held-out utterances embedded for the per-epoch EER
+    eval_frames: int = 300  # centre crop of each held-out utterance for per-epoch evaluation (frames)
     seed: int = 1234
 
     # bookkeeping filled by training, not a tunable

@@ -1,0 +1,225 @@
+"""From training inputs to `tf.data` datasets of fixed-length windows.
+
+All utterances of the training speakers are concatenated into one
+(total_frames, num_fbanks) array; a window is a gather of `frames` consecutive
+rows of one utterance (tiled when the utterance is shorter). Every batch is
+drawn with stateless random ops from (seed, step), so a run is repeatable and a
+resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from deep_speaker.config import Config
+
+
+@dataclass
+class UtteranceBank:
+    """Utterances of several speakers, stored flat.
+
+    frames: (total_frames, num_fbanks) float32; offsets/lengths: (num_utterances,)
+    int64; labels: (num_utterances,) int32 speaker index into `speakers`;
+    utterances are sorted by label, and speaker k owns utterances
+    first_utterance[k] .. first_utterance[k] + utterance_count[k] - 1.
+    """
+    frames: np.ndarray
+    offsets: np.ndarray
+    lengths: np.ndarray
+    labels: np.ndarray
+    speakers: list[str]
+
+    @property
+    def first_utterance(self) -> np.ndarray:
+        return np.searchsorted(self.labels, np.arange(len(self.speakers))).astype(np.int64)
+
+    @property
+    def utterance_count(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.speakers)).astype(np.int64)
+
+    @property
+    def num_utterances(self) -> int:
+        return len(self.lengths)
+
+
+def make_bank(inputs: dict[str, dict], part: str, speakers: list[str]) -> UtteranceBank:
+    """Flatten the `part` ("train" or "test") of each speaker's inputs.
+
+    Speakers without utterances in that part keep their label but own none.
+    """
+    arrays, labels = [], []
+    for label, speaker in enumerate(speakers):
+        for features in inputs[speaker][part]:
+            if len(features):
+                arrays.append(np.asarray(features, dtype=np.float32))
+                labels.append(label)
+    if not arrays:
+        raise ValueError(f"no {part} utterances in the training inputs")
+    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return UtteranceBank(np.concatenate(arrays, axis=0), offsets, lengths, np.array(labels, dtype=np.int32),
+                         list(speakers))
+
+
+class WindowSampler:
+    """Vectorised window gathering over an UtteranceBank, as TensorFlow ops."""
+
+    def __init__(self, bank: UtteranceBank, num_frames: int):
+        self.num_frames = num_frames
+        self.num_speakers = len(bank.speakers)
+        self.frames = tf.constant(bank.frames)
+        self.offsets = tf.constant(bank.offsets)
+        self.lengths = tf.constant(bank.lengths)
+        self.first = tf.constant(bank.first_utterance)
+        self.count = tf.constant(bank.utterance_count)
+        # Only speakers that own utterances can be drawn.
+        self.drawable = tf.constant(np.flatnonzero(bank.utterance_count > 0).astype(np.int64))
+
+    def random_speakers(self, seed, size):
+        """(size,) int64 speaker labels drawn uniformly among those with utterances."""
+        index = tf.random.stateless_uniform([size], seed, 0, tf.shape(self.drawable, out_type=tf.int64)[0],
+                                            dtype=tf.int64)
+        return tf.gather(self.drawable, index)
+
+    def random_other_speakers(self, seed, speakers):
+        """For each speaker label, a uniformly drawn different drawable speaker."""
+        num = tf.shape(self.drawable, out_type=tf.int64)[0]
+        position = tf.searchsorted(self.drawable, speakers, out_type=tf.int64)
+        shift = tf.random.stateless_uniform(tf.shape(speakers), seed, 1, tf.maximum(num, 2), dtype=tf.int64)
+        return tf.gather(self.drawable, (position + shift) % num)
+
+    def random_utterances(self, seed, speakers):
+        """One utterance index of each given speaker, uniformly."""
+        draw = tf.random.stateless_uniform(tf.shape(speakers), seed, dtype=tf.float32)
+        count = tf.gather(self.count, speakers)
+        within = tf.minimum(tf.cast(draw * tf.cast(count, tf.float32), tf.int64), count - 1)
+        return tf.gather(self.first, speakers) + within
+
+    def random_windows(self, seed, utterances):
+        """(len(utterances), num_frames, num_fbanks, 1) windows at random starts."""
+        lengths = tf.gather(self.lengths, utterances)
+        room = tf.maximum(lengths - self.num_frames, 0) + 1
+        draw = tf.random.stateless_uniform(tf.shape(utterances), seed, dtype=tf.float32)
+        starts = tf.minimum(tf.cast(draw * tf.cast(room, tf.float32), tf.int64), room - 1)
+        return self.windows_at(utterances, starts)
+
+    def windows_at(self, utterances, starts):
+        lengths = tf.gather(self.lengths, utterances)[:, None]
+        steps = tf.range(self.num_frames, dtype=tf.int64)[None, :]
+        rows = tf.gather(self.offsets, utterances)[:, None] + (starts[:, None] + steps) % lengths
+        return tf.gather(self.frames, rows)[..., None]
+
+
+def spec_augment(seed, windows, max_time_mask: int = 20, max_freq_mask: int = 8):
+    """One time mask and one frequency mask per window (SpecAugment), set to 0,
+    the mean of normalised features."""
+    shape = tf.shape(windows, out_type=tf.int64)
+    batch, frames, bands = shape[0], shape[1], shape[2]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+
+    def mask(seed_width, seed_start, length, max_width):
+        width = tf.random.stateless_uniform([batch], seed_width, 0, max_width + 1, dtype=tf.int64)
+        start = tf.random.stateless_uniform([batch], seed_start, 0, tf.int64.max, dtype=tf.int64) % (
+            tf.maximum(length - width, 0) + 1)
+        position = tf.range(length)[None, :]
+        return (position >= start[:, None]) & (position < (start + width)[:, None])
+
+    time = mask(seeds[0], seeds[1], frames, max_time_mask)[:, :, None, None]
+    freq = mask(seeds[2], seeds[3], bands, max_freq_mask)[:, None, :, None]
+    return tf.where(time | freq, tf.zeros_like(windows), windows)
+
+
+def softmax_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: int, first_step: int = 0,
+                    stream: int = 0) -> tf.data.Dataset:
+    """Endless batches ((batch, frames, num_fbanks, 1) float32, (batch,) int32 labels).
+
+    Speakers are drawn uniformly (not utterances), so speakers with one long
+    utterance weigh as much as speakers with hundreds. `stream` separates the
+    data of distributed workers.
+    """
+    sampler = WindowSampler(bank, config.frames)
+
+    def make_batch(step):
+        base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
+        s = tf.random.experimental.stateless_split(base, 4)
+        speakers = sampler.random_speakers(s[0], batch_size)
+        windows = sampler.random_windows(s[2], sampler.random_utterances(s[1], speakers))
+        if config.spec_augment:
+            windows = spec_augment(s[3], windows)
+        return windows, tf.cast(speakers, tf.int32)
+
+    return (tf.data.Dataset.counter(first_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def triplet_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: int, first_step: int = 0,
+                    stream: int = 0, speaker_similarity: tf.Variable | None = None) -> tf.data.Dataset:
+    """Endless batches of (3 * batch, frames, num_fbanks, 1): anchors, positives, negatives.
+
+    Anchor and positive share a speaker (different utterances when it has
+    several); the negative is another speaker: random, or with
+    `speaker_similarity` (a (speakers, speakers) variable refreshed by the
+    trainer) the most similar of `hard_pool_size` randomly drawn other speakers.
+    """
+    sampler = WindowSampler(bank, config.frames)
+    pool = max(1, config.hard_pool_size)
+
+    def make_batch(step):
+        base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
+        s = tf.random.experimental.stateless_split(base, 10)
+        anchors = sampler.random_speakers(s[0], batch_size)
+        anchor_utt = sampler.random_utterances(s[1], anchors)
+        positive_utt = _other_utterance(sampler, s[2], anchors, anchor_utt)
+        if speaker_similarity is None:
+            negatives = sampler.random_other_speakers(s[3], anchors)
+        else:
+            candidates = tf.stack([sampler.random_other_speakers(tf.stack([s[3][0], s[3][1] + k]), anchors)
+                                   for k in range(pool)], axis=1)  # (batch, pool)
+            similarity = tf.gather(tf.gather(speaker_similarity, anchors), candidates, batch_dims=1)
+            negatives = tf.gather(candidates, tf.argmax(similarity, axis=1), batch_dims=1)
+        negative_utt = sampler.random_utterances(s[4], negatives)
+        utterances = tf.concat([anchor_utt, positive_utt, negative_utt], axis=0)
+        windows = sampler.random_windows(s[5], utterances)
+        if config.spec_augment:
+            windows = spec_augment(s[6], windows)
+        labels = tf.cast(tf.concat([anchors, anchors, negatives], axis=0), tf.int32)
+        return windows, labels
+
+    return (tf.data.Dataset.counter(first_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
+                                                     deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _other_utterance(sampler: WindowSampler, seed, speakers, utterances):
+    """Another utterance of the same speaker when it has one, else the same."""
+    count = tf.gather(sampler.count, speakers)
+    first = tf.gather(sampler.first, speakers)
+    shift = tf.random.stateless_uniform(tf.shape(speakers), seed, 1, tf.int64.max, dtype=tf.int64) % tf.maximum(
+        count - 1, 1) + 1
+    other = first + (utterances - first + shift) % count
+    return tf.where(count > 1, other, utterances)
+
+
+def evaluation_windows(bank: UtteranceBank, num_frames: int, max_utterances: int, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic centre crops of held-out utterances, balanced over speakers.
+
+    Returns windows (n, num_frames, num_fbanks, 1) and their labels (n,).
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(bank.num_utterances)
+    # Round-robin over speakers so every speaker is represented before any repeats.
+    rank = np.zeros(bank.num_utterances, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for position in order:
+        label = int(bank.labels[position])
+        rank[position] = seen.get(label, 0)
+        seen[label] = rank[position] + 1
+    chosen = order[np.argsort(rank[order], kind="stable")][:max_utterances]
+    lengths = bank.lengths[chosen]
+    starts = np.maximum(lengths - num_frames, 0) // 2
+    rows = bank.offsets[chosen, None] + (starts[:, None] + np.arange(num_frames)[None, :]) % lengths[:, None]
+    return bank.frames[rows][..., None], bank.labels[chosen]

@@ -1,0 +1,317 @@
+"""Speaker-verification metrics: cosine scores, trial lists, EER, minDCF and DET.
+
+Conventions used throughout:
+
+* ``scores``: shape (num_trials,), higher means "more likely the same speaker".
+* ``labels``: shape (num_trials,), 1 for target trials (same speaker), 0 for
+  non-target trials (different speakers). Booleans are accepted too.
+
+Only numpy and scikit-learn are used here (no TensorFlow), so evaluation code
+and tests stay cheap to import.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+__all__ = [
+    "cosine_similarity_matrix",
+    "cosine_distance",
+    "equal_error_rate",
+    "min_dcf",
+    "det_curve",
+    "all_pairs_trials",
+    "score_trials",
+    "verification_report",
+]
+
+# Rows with a norm below this are treated as zero vectors (cosine 0 with anything)
+# instead of dividing by ~0 and producing inf/nan.
+_NORM_EPS = 1e-12
+
+# score_trials gathers embedding rows in chunks of about this many float64 values
+# (~32 MB), so scoring millions of trials never materialises a (trials, dim) copy.
+_SCORE_CHUNK_ELEMENTS = 1 << 22
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """L2-normalise the rows of a (n, d) float64 matrix; zero rows stay zero."""
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, _NORM_EPS)
+
+
+def _as_embedding_matrix(values, name: str) -> np.ndarray:
+    matrix = np.asarray(values, dtype=np.float64)
+    if matrix.ndim == 1:
+        matrix = matrix[np.newaxis, :]
+    if matrix.ndim != 2:
+        raise ValueError(f"{name} must be a 1-D vector or a 2-D (rows, dim) array, got shape {matrix.shape}")
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f"{name} contains non-finite values (nan or inf)")
+    return matrix
+
+
+def cosine_similarity_matrix(a, b) -> np.ndarray:
+    """Cosine similarity between every row of ``a`` and every row of ``b``.
+
+    Args:
+        a: (n, d) embeddings (a single (d,) vector is treated as one row).
+        b: (m, d) embeddings.
+
+    Returns:
+        (n, m) float64 array with values in [-1, 1]. A zero-norm row has
+        similarity 0 with everything.
+
+    >>> cosine_similarity_matrix([[1.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 3.0]]).round(4)
+    array([[1.    , 0.    ],
+           [0.7071, 0.7071]])
+    """
+    a = _as_embedding_matrix(a, "a")
+    b = _as_embedding_matrix(b, "b")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"embedding dimensions differ: a has {a.shape[1]}, b has {b.shape[1]}")
+    similarity = _unit_rows(a) @ _unit_rows(b).T
+    # Rounding can push |cos| a hair above 1; clip so 1 - cos is never negative.
+    return np.clip(similarity, -1.0, 1.0)
+
+
+def cosine_distance(u, v) -> float:
+    """Cosine distance ``1 - u.v / (|u| |v|)`` between two vectors, in [0, 2].
+
+    Args:
+        u, v: (d,) vectors. A zero vector has distance 1 to everything.
+
+    >>> cosine_distance([1.0, 0.0], [0.0, 5.0])
+    1.0
+    >>> round(cosine_distance([1.0, 1.0], [2.0, 2.0]), 6)
+    0.0
+    """
+    u = np.asarray(u, dtype=np.float64)
+    v = np.asarray(v, dtype=np.float64)
+    if u.ndim != 1 or v.ndim != 1:
+        raise ValueError(f"cosine_distance takes two 1-D vectors, got shapes {u.shape} and {v.shape}")
+    return float(1.0 - cosine_similarity_matrix(u, v)[0, 0])
+
+
+def _check_trials(scores, labels, caller: str) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert (scores, labels) to float64 / bool 1-D arrays."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 1 or labels.ndim != 1:
+        raise ValueError(f"{caller}: scores and labels must be 1-D, got shapes {scores.shape} and {labels.shape}")
+    if scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"{caller}: scores and labels differ in length ({scores.shape[0]} vs {labels.shape[0]})")
+    if scores.shape[0] == 0:
+        raise ValueError(f"{caller}: no trials (scores and labels are empty)")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"{caller}: scores contain non-finite values (nan or inf)")
+    if labels.dtype != bool:
+        if not (np.issubdtype(labels.dtype, np.number) and np.all(np.isin(labels, (0, 1)))):
+            raise ValueError(f"{caller}: labels must be 0 (non-target) or 1 (target)")
+        labels = labels.astype(bool)
+    num_target = int(np.count_nonzero(labels))
+    num_nontarget = labels.shape[0] - num_target
+    if num_target == 0 or num_nontarget == 0:
+        raise ValueError(
+            f"{caller}: needs both target (label 1) and non-target (label 0) trials, "
+            f"got {num_target} target and {num_nontarget} non-target; only one class is present")
+    return scores, labels
+
+
+def _roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, fnr, thresholds) at every distinct score, thresholds decreasing.
+
+    A trial is accepted when ``score >= threshold``; the first point (threshold
+    +inf) rejects everything: fpr = 0, fnr = 1. The last accepts everything.
+    drop_intermediate=False keeps every threshold so interpolated thresholds
+    are exact rather than taken across merged collinear segments.
+    """
+    fpr, tpr, thresholds = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, 1.0 - tpr, thresholds
+
+
+def equal_error_rate(scores, labels) -> tuple[float, float]:
+    """Equal error rate (EER) and the score threshold where it occurs.
+
+    The ROC is taken at every distinct score; the EER is where the piecewise
+    linear FPR and FNR curves cross (linear interpolation between the two ROC
+    points that bracket FPR = FNR). The threshold is interpolated the same way.
+
+    Args:
+        scores: (num_trials,) scores, higher = more likely the same speaker.
+        labels: (num_trials,) 1 for target, 0 for non-target trials.
+
+    Returns:
+        (eer, threshold): eer in [0, 1]; 0 for perfectly separated scores,
+        1 for perfectly inverted ones.
+
+    Raises:
+        ValueError: empty, mismatched or non-finite input, or only one class.
+
+    >>> equal_error_rate([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])
+    (0.0, 0.8)
+    >>> equal_error_rate([0.9, 0.2, 0.6, 0.1], [1, 1, 0, 0])
+    (0.5, 0.6)
+    """
+    scores, labels = _check_trials(scores, labels, "equal_error_rate")
+    fpr, fnr, thresholds = _roc_points(scores, labels)
+    # fnr - fpr falls monotonically from +1 (reject all) to -1 (accept all).
+    gap = fnr - fpr
+    crossing = int(np.argmax(gap <= 0))  # first ROC point at or past FPR = FNR
+    if gap[crossing] == 0:
+        return float(fpr[crossing]), float(thresholds[crossing])
+    before = crossing - 1  # gap[before] > 0 > gap[crossing]
+    weight = gap[before] / (gap[before] - gap[crossing])
+    eer = fpr[before] + weight * (fpr[crossing] - fpr[before])
+    if np.isfinite(thresholds[before]):
+        threshold = thresholds[before] + weight * (thresholds[crossing] - thresholds[before])
+    else:
+        # The bracketing point is the "+inf" reject-all threshold (all scores tied):
+        # the only meaningful finite threshold is the tied score itself.
+        threshold = thresholds[crossing]
+    return float(eer), float(threshold)
+
+
+def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
+    """Minimum normalised detection cost (NIST SRE definition) and its threshold.
+
+    DCF(t) = c_miss * p_target * P_miss(t) + c_fa * (1 - p_target) * P_fa(t),
+    minimised over every distinct threshold t (including reject-all and
+    accept-all), then divided by min(c_miss * p_target, c_fa * (1 - p_target)),
+    the cost of the best trivial system, so 1.0 means "no better than always
+    accepting or always rejecting".
+
+    Args:
+        scores: (num_trials,) scores, higher = more likely the same speaker.
+        labels: (num_trials,) 1 for target, 0 for non-target trials.
+        p_target: prior probability of a target trial, in (0, 1); callers use 0.01 and 0.05.
+        c_miss, c_fa: costs of a miss and a false alarm (> 0).
+
+    Returns:
+        (min_dcf, threshold): the normalised minimum in [0, 1] and the threshold
+        (accept when score >= threshold) achieving it; +inf means "reject all".
+
+    >>> min_dcf([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0], p_target=0.01)
+    (0.0, 0.8)
+    >>> min_dcf([0.9, 0.2, 0.6, 0.1], [1, 1, 0, 0], p_target=0.5)
+    (0.5, 0.9)
+    """
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"min_dcf: p_target must be in (0, 1), got {p_target}")
+    if not (c_miss > 0 and c_fa > 0):
+        raise ValueError(f"min_dcf: c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
+    scores, labels = _check_trials(scores, labels, "min_dcf")
+    fpr, fnr, thresholds = _roc_points(scores, labels)
+    costs = c_miss * p_target * fnr + c_fa * (1.0 - p_target) * fpr
+    best = int(np.argmin(costs))  # first minimum = highest threshold among ties
+    default_cost = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return float(costs[best] / default_cost), float(thresholds[best])
+
+
+def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Detection error trade-off curve points (thin wrapper over sklearn).
+
+    Args:
+        scores: (num_trials,) scores, higher = more likely the same speaker.
+        labels: (num_trials,) 1 for target, 0 for non-target trials.
+
+    Returns:
+        (fpr, fnr, thresholds), each shape (num_points,), thresholds increasing
+        (fpr decreasing, fnr increasing); sklearn trims the redundant points
+        beyond fpr = 0 and fnr = 0.
+
+    >>> fpr, fnr, thresholds = det_curve([0.9, 0.2, 0.6, 0.1], [1, 1, 0, 0])
+    >>> fpr.tolist(), fnr.tolist(), thresholds.tolist()
+    ([0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.2, 0.6, 0.9])
+    """
+    scores, labels = _check_trials(scores, labels, "det_curve")
+    fpr, fnr, thresholds = sk_metrics.det_curve(labels.astype(np.int8), scores)
+    return fpr, fnr, thresholds
+
+
+def all_pairs_trials(speaker_ids: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every unordered pair (i < j) of items as a verification trial.
+
+    Args:
+        speaker_ids: (n,) speaker id per item (strings or ints).
+
+    Returns:
+        (i_idx, j_idx, labels), each shape (n * (n - 1) / 2,): item indices
+        (int64, row-major order of the upper triangle) and labels (int8, 1
+        when both items share a speaker).
+
+    >>> i_idx, j_idx, labels = all_pairs_trials(["a", "a", "b"])
+    >>> i_idx.tolist(), j_idx.tolist(), labels.tolist()
+    ([0, 0, 1], [1, 2, 2], [1, 0, 0])
+    """
+    ids = np.asarray(speaker_ids)
+    if ids.ndim != 1:
+        raise ValueError(f"speaker_ids must be 1-D, got shape {ids.shape}")
+    i_idx, j_idx = np.triu_indices(ids.shape[0], k=1)
+    i_idx = i_idx.astype(np.int64, copy=False)
+    j_idx = j_idx.astype(np.int64, copy=False)
+    # int8 keeps the label array small: n = 5000 items already gives 12.5M trials.
+    labels = (ids[i_idx] == ids[j_idx]).astype(np.int8)
+    return i_idx, j_idx, labels
+
+
+def score_trials(embeddings, i_idx, j_idx) -> np.ndarray:
+    """Cosine score of each trial: row-wise dot products of unit embeddings.
+
+    Args:
+        embeddings: (n, d) embeddings; rows are L2-normalised here, so
+            already-normalised and raw embeddings give the same scores.
+        i_idx, j_idx: (num_trials,) integer row indices into ``embeddings``.
+
+    Returns:
+        (num_trials,) float64 scores in [-1, 1].
+
+    >>> score_trials([[1.0, 0.0], [3.0, 4.0], [0.0, 2.0]], [0, 0, 1], [1, 2, 2])
+    array([0.6, 0. , 0.8])
+    """
+    unit = _unit_rows(_as_embedding_matrix(embeddings, "embeddings"))
+    i_idx = np.asarray(i_idx, dtype=np.int64)
+    j_idx = np.asarray(j_idx, dtype=np.int64)
+    if i_idx.shape != j_idx.shape or i_idx.ndim != 1:
+        raise ValueError(f"i_idx and j_idx must be 1-D and the same length, got {i_idx.shape} and {j_idx.shape}")
+    num_rows = unit.shape[0]
+    for name, index in (("i_idx", i_idx), ("j_idx", j_idx)):
+        if index.size and (index.min() < 0 or index.max() >= num_rows):
+            raise ValueError(f"{name} has indices outside [0, {num_rows}) for {num_rows} embeddings")
+    scores = np.empty(i_idx.shape[0], dtype=np.float64)
+    chunk = max(1, _SCORE_CHUNK_ELEMENTS // max(1, unit.shape[1]))
+    for start in range(0, i_idx.shape[0], chunk):
+        stop = start + chunk
+        scores[start:stop] = np.einsum("td,td->t", unit[i_idx[start:stop]], unit[j_idx[start:stop]])
+    return np.clip(scores, -1.0, 1.0)
+
+
+def verification_report(scores, labels) -> dict:
+    """Summary metrics for a list of verification trials.
+
+    Args:
+        scores: (num_trials,) scores, higher = more likely the same speaker.
+        labels: (num_trials,) 1 for target, 0 for non-target trials.
+
+    Returns:
+        dict with float ``eer``, ``eer_threshold``, ``min_dcf_0.01``,
+        ``min_dcf_0.05`` and int ``num_target``, ``num_nontarget``
+        (plain Python types, so the dict is JSON-serialisable).
+
+    >>> report = verification_report([0.9, 0.2, 0.6, 0.1], [1, 1, 0, 0])
+    >>> report["eer"], report["num_target"], report["num_nontarget"]
+    (0.5, 2, 2)
+    """
+    scores, labels = _check_trials(scores, labels, "verification_report")
+    eer, eer_threshold = equal_error_rate(scores, labels)
+    num_target = int(np.count_nonzero(labels))
+    return {
+        "eer": eer,
+        "eer_threshold": eer_threshold,
+        "min_dcf_0.01": min_dcf(scores, labels, p_target=0.01)[0],
+        "min_dcf_0.05": min_dcf(scores, labels, p_target=0.05)[0],
+        "num_target": num_target,
+        "num_nontarget": int(labels.shape[0] - num_target),
+    }

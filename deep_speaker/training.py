@@ -1,0 +1,439 @@
+"""The three training stages of train_cli.py, one training loop for all.
+
+- "softmax": softmax pre-training from scratch (`--loss_on_softmax`).
+- "triplet": cosine triplet loss from the best softmax checkpoint
+  (`--loss_on_embeddings --normalize_embeddings`).
+- "softmax_frozen": a new softmax head on frozen triplet embeddings
+  (`--loss_on_softmax --freeze_embedding_weights --normalize_embeddings`).
+
+One `tf.function` step run with `strategy.run` serves the default, mirrored
+and multi-worker strategies alike (Keras `fit` fails under
+MultiWorkerMirroredStrategy with TF 2.21 / Keras 3.15).
+
+Each stage writes to ``<checkpoint_dir>/<stage>/``: ``last.keras`` (+ optimizer
+state) after every epoch, ``best.keras``, ``config.json`` (the Config, speakers
+included), ``state.json``, ``history.csv``, ``training_curves.png`` and
+``tensorboard/``. Rerunning a killed stage resumes after its last epoch.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+from deep_speaker.config import Config
+from deep_speaker.inputs import (UtteranceBank, WindowSampler, evaluation_windows, make_bank, softmax_dataset,
+                                 triplet_dataset)
+from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
+from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trials
+from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name, embedding_part,
+                                speaker_logits, triplet_loss)
+from deep_speaker.progress import progress_bar
+from deep_speaker.training_inputs import load_inputs
+
+log = logging.getLogger(__name__)
+
+STAGES = ("softmax", "triplet", "softmax_frozen")
+STRATEGIES = ("default", "mirrored", "multiworker")
+# Fields a resumed or next stage must share with the checkpoint it starts from.
+ARCHITECTURE_FIELDS = ("model_name", "width", "embedding_dim", "num_fbanks", "clipped_relu_max")
+
+
+class TrainingError(ValueError):
+    """A stage that cannot start (missing inputs, missing earlier stage, ...)."""
+
+
+@dataclass
+class StageResult:
+    stage: str
+    stage_dir: Path
+    epochs_done: int
+    best: dict
+    already_finished: bool = False
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """default: one device; mirrored: all local GPUs (or all logical CPUs when
+    there is no GPU); multiworker: MultiWorkerMirroredStrategy over TF_CONFIG."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise TrainingError("--strategy multiworker needs TF_CONFIG describing the cluster "
+                                "(see https://www.tensorflow.org/guide/distributed_training)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise TrainingError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def _worker_identity(strategy) -> tuple[bool, int]:
+    """(is_chief, task_id): only the chief writes the stage folder."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    task_id = resolver.task_id or 0
+    has_chief = "chief" in (resolver.cluster_spec().as_dict() or {})
+    is_chief = resolver.task_type == "chief" or (resolver.task_type == "worker" and task_id == 0 and not has_chief)
+    return is_chief, task_id
+
+
+class StageFolder:
+    """Files of one stage's checkpoint folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.last = path / "last.keras"
+        self.last_optimizer = path / "last_optimizer.npz"
+        self.best = path / "best.keras"
+        self.config = path / "config.json"
+        self.state = path / "state.json"
+        self.history = path / "history.csv"
+        self.curves = path / "training_curves.png"
+        self.tensorboard = path / "tensorboard"
+
+    def read_state(self) -> dict | None:
+        if not self.state.exists():
+            return None
+        try:
+            state = json.loads(self.state.read_text())
+        except json.JSONDecodeError as error:
+            raise TrainingError(f"{self.state}: corrupt state file ({error}); rerun with --restart") from None
+        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            raise TrainingError(f"{self.state}: not a training state file; rerun with --restart")
+        return state
+
+    def write_state(self, state: dict) -> None:
+        atomic_write_text(self.state, json.dumps(state, indent=2, sort_keys=True))
+
+
+def load_checkpoint(path: Path) -> keras.Model:
+    """A `.keras` model written by training, loaded in safe mode."""
+    if not Path(path).is_file():
+        raise TrainingError(f"{path}: checkpoint not found")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a damaged zip
+        raise TrainingError(f"{path}: cannot load checkpoint ({type(error).__name__}: {error})") from None
+
+
+def _check_architecture(config: Config, saved: Config, source: Path) -> None:
+    different = [f for f in ARCHITECTURE_FIELDS if getattr(config, f) != getattr(saved, f)]
+    if different:
+        details = ", ".join(f"{f}={getattr(saved, f)!r} there vs {getattr(config, f)!r} now" for f in different)
+        raise TrainingError(f"{source}: checkpoint was trained with other settings ({details}); "
+                            f"use the same flags, or --restart")
+
+
+def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) -> None:
+    for speaker, data in inputs.items():
+        settings = data.get("feature_settings")
+        if settings is not None and settings != config.feature_settings():
+            raise TrainingError(f"{cache_dir}/inputs/{speaker}.pkl: features made with {settings}, "
+                                f"training expects {config.feature_settings()}; regenerate the inputs")
+        return
+
+
+def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_dir: str | Path, *,
+                strategy_name: str = "default", restart: bool = False) -> StageResult:
+    """Run (or resume) one training stage; returns what it achieved."""
+    if stage not in STAGES:
+        raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    cache_dir, checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
+    strategy = make_strategy(strategy_name)
+    is_chief, task_id = _worker_identity(strategy)
+    folder = StageFolder(checkpoint_dir / stage if is_chief else checkpoint_dir / stage / "workers" / str(task_id))
+    if restart and folder.path.exists() and is_chief:
+        shutil.rmtree(folder.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+
+    state = folder.read_state()
+    if state is not None:
+        saved = Config.load(folder.config)
+        _check_architecture(config, saved, folder.config)
+        if state["epoch"] >= config.epochs:
+            log.info("%s stage already finished (%d epochs) in %s; --restart to train again",
+                     stage, state["epoch"], folder.path)
+            return StageResult(stage, folder.path, state["epoch"], state.get("best", {}), already_finished=True)
+
+    inputs = load_inputs(cache_dir)
+    _check_features(inputs, config, cache_dir)
+    speakers = sorted(inputs)
+    if len(speakers) < 2:
+        raise TrainingError(f"{cache_dir}/inputs: {len(speakers)} training speaker(s); at least 2 are needed")
+    if state is not None and saved.speakers != speakers:
+        raise TrainingError(f"{folder.config}: trained on other speakers than {cache_dir}/inputs holds; "
+                            f"use the same cache, or --restart")
+    config = config.override(speakers=speakers)
+    train_bank = make_bank(inputs, "train", speakers)
+    test_bank = make_bank(inputs, "test", speakers)
+    del inputs
+
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model, embedding_model = _build_stage_model(stage, config, checkpoint_dir, folder, state)
+        optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config))
+        optimizer.build(model.trainable_variables)
+    if state is not None:
+        _restore_optimizer(optimizer, folder.last_optimizer)
+    config.save(folder.config)
+
+    trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank)
+    history = _read_history(folder.history) if state is not None else []
+    best = state.get("best", {}) if state is not None else {}
+    first_epoch = state["epoch"] + 1 if state is not None else 1
+    writer = tf.summary.create_file_writer(str(folder.tensorboard)) if is_chief else None
+    for epoch in range(first_epoch, config.epochs + 1):
+        started = time.monotonic()
+        train_metrics = trainer.train_epoch(epoch)
+        test_metrics = trainer.evaluate()
+        row = {"epoch": epoch, **train_metrics, **test_metrics, "seconds": round(time.monotonic() - started, 2)}
+        history.append(row)
+        improved = _is_better(stage, row, best)
+        if improved:
+            best = {k: row[k] for k in row if k in ("epoch", "test_accuracy", "test_eer")}
+        print(_epoch_line(stage, row, config.epochs, improved), flush=True)
+        _save_epoch(folder, model, optimizer, config, history, best, epoch, improved, writer, row)
+    return StageResult(stage, folder.path, config.epochs, best)
+
+
+def _learning_rate(config: Config):
+    if config.lr_schedule == "constant":
+        return config.lr
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.lr, config.epochs * config.steps_per_epoch, alpha=0.01)
+    raise TrainingError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+
+
+def _build_stage_model(stage, config, checkpoint_dir, folder, state):
+    """The training model and its embedding part, with the right starting weights."""
+    embedding_model = build_embedding_model(config)
+    if stage == "triplet":
+        model = embedding_model
+    else:
+        model = attach_head(embedding_model, len(config.speakers), config)
+    if state is not None:
+        model.set_weights(load_checkpoint(folder.last).get_weights())
+    elif stage == "triplet":
+        _start_from(checkpoint_dir / "softmax", embedding_model, "--loss_on_softmax", config)
+    elif stage == "softmax_frozen":
+        _start_from(checkpoint_dir / "triplet", embedding_model, "--loss_on_embeddings --normalize_embeddings",
+                    config)
+    if stage == "softmax_frozen":
+        for layer in embedding_model.layers:
+            layer.trainable = False
+    return model, embedding_model
+
+
+def _start_from(previous_dir: Path, embedding_model, command: str, config: Config) -> None:
+    previous = StageFolder(previous_dir)
+    if not previous.best.exists():
+        raise TrainingError(f"{previous.best}: no checkpoint of the previous stage; run train_cli.py {command} first")
+    _check_architecture(config, Config.load(previous.config), previous.config)
+    copied = copy_weights_by_name(load_checkpoint(previous.best), embedding_model)
+    log.info("starting from %s (%d layers copied by name)", previous.best, copied)
+
+
+def _restore_optimizer(optimizer, path: Path) -> None:
+    if not path.exists():
+        log.warning("%s missing: optimizer state starts fresh", path)
+        return
+    with np.load(path) as saved:
+        values = [saved[f"v{i}"] for i in range(len(saved.files))]
+    if len(values) != len(optimizer.variables):
+        log.warning("%s does not match the optimizer: starting it fresh", path)
+        return
+    for variable, value in zip(optimizer.variables, values):
+        variable.assign(value)
+
+
+def _is_better(stage: str, row: dict, best: dict) -> bool:
+    if not best:
+        return True
+    if stage == "triplet":
+        return row["test_eer"] < best.get("test_eer", math.inf)
+    return row["test_accuracy"] > best.get("test_accuracy", -math.inf)
+
+
+def _epoch_line(stage: str, row: dict, epochs: int, improved: bool) -> str:
+    parts = [f"{stage} epoch {row['epoch']}/{epochs}", f"loss {row['loss']:.4f}", f"train acc {row['accuracy']:.3f}"]
+    if "test_accuracy" in row:
+        parts.append(f"test acc {row['test_accuracy']:.3f}")
+    parts.append(f"test EER {100 * row['test_eer']:.2f} %")
+    parts.append(f"{row['seconds']:.0f} s" + (" (best)" if improved else ""))
+    return ", ".join(parts)
+
+
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "test_accuracy", "test_eer", "seconds")
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for row in csv.DictReader(io.StringIO(path.read_text())):
+        rows.append({k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v not in ("", None)})
+    return rows
+
+
+def _save_epoch(folder, model, optimizer, config, history, best, epoch, improved, writer, row) -> None:
+    """Checkpoint after an epoch: files first, state last, so a kill between
+    them only repeats the epoch."""
+    _save_model(model, folder.last)
+    atomic_save_npz(folder.last_optimizer, **{f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    if improved:
+        shutil.copyfile(folder.last, folder.best.with_suffix(".keras.tmp"))
+        os.replace(folder.best.with_suffix(".keras.tmp"), folder.best)
+    buffer = io.StringIO()
+    table = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    table.writeheader()
+    table.writerows(history)
+    atomic_write_text(folder.history, buffer.getvalue())
+    if writer is not None:
+        with writer.as_default(step=epoch):
+            for key, value in row.items():
+                if key != "epoch":
+                    tf.summary.scalar(key, value)
+        writer.flush()
+    try:
+        from deep_speaker.plots import plot_training_curves
+
+        plot_training_curves({k: [r.get(k, math.nan) for r in history] for k in HISTORY_COLUMNS[1:5]},
+                             folder.curves)
+    except Exception as error:  # a plot must never stop training
+        log.warning("training curves not plotted: %s", error)
+    folder.write_state({"epoch": epoch, "best": best, "epochs": config.epochs, "history": str(folder.history)})
+
+
+def _save_model(model: keras.Model, path: Path) -> None:
+    """Keras writes .keras files in place; write to a temp name and rename."""
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+class _Trainer:
+    """Steps and per-epoch evaluation of one stage under a distribution strategy."""
+
+    def __init__(self, stage, config: Config, strategy, model, embedding_model, optimizer,
+                 train_bank: UtteranceBank, test_bank: UtteranceBank):
+        self.stage, self.config, self.strategy = stage, config, strategy
+        self.model, self.embedding_model, self.optimizer = model, embedding_model, optimizer
+        self.train_bank, self.test_bank = train_bank, test_bank
+        self.global_batch = config.batch_size
+        self.similarity = None
+        if stage == "triplet" and config.negatives == "hard":
+            num = len(config.speakers)
+            self.similarity = tf.Variable(tf.zeros([num, num]), trainable=False, name="speaker_similarity")
+        elif config.negatives not in ("hard", "random"):
+            raise TrainingError(f"unknown negatives {config.negatives!r}; choose hard or random")
+        self.eval_windows, self.eval_labels = evaluation_windows(test_bank, config.eval_frames,
+                                                                 config.eval_utterances, config.seed)
+        self._step = tf.function(self._distributed_step)
+        self._iterator = None
+        self._iterator_step = None
+
+    def _dataset(self, first_step: int):
+        def dataset_fn(context: tf.distribute.InputContext):
+            batch = context.get_per_replica_batch_size(self.global_batch)
+            common = dict(bank=self.train_bank, config=self.config, batch_size=batch, seed=self.config.seed,
+                          first_step=first_step, stream=context.input_pipeline_id)
+            if self.stage == "triplet":
+                return triplet_dataset(speaker_similarity=self.similarity, **common)
+            return softmax_dataset(**common)
+
+        return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+    def _replica_step(self, windows, labels):
+        config = self.config
+        with tf.GradientTape() as tape:
+            if self.stage == "triplet":
+                embeddings = self.model(windows, training=True)
+                anchor, positive, negative = tf.split(embeddings, 3, axis=0)
+                per_example = triplet_loss(anchor, positive, negative, config.triplet_margin)
+                correct = tf.reduce_sum(anchor * positive, -1) > tf.reduce_sum(anchor * negative, -1)
+            else:
+                _, head = self.model(windows, training=True)
+                logits = speaker_logits(head, labels, config, training=True)
+                per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+                correct = tf.equal(tf.cast(tf.argmax(head, axis=-1), tf.int32), labels)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+        variables = self.model.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        return loss, tf.reduce_sum(tf.cast(correct, tf.float32))
+
+    def _distributed_step(self, iterator):
+        windows, labels = next(iterator)
+        loss, correct = self.strategy.run(self._replica_step, args=(windows, labels))
+        total_loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        total_correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return total_loss, total_correct
+
+    def train_epoch(self, epoch: int) -> dict:
+        config = self.config
+        first_step = (epoch - 1) * config.steps_per_epoch
+        if self._iterator is None or self._iterator_step != first_step:
+            self._iterator = self._dataset(first_step)
+        losses, correct = [], 0.0
+        examples_per_step = self.global_batch
+        with progress_bar(total=config.steps_per_epoch, desc=f"{self.stage} epoch {epoch}", unit="step") as bar:
+            for step in range(config.steps_per_epoch):
+                if self.similarity is not None and step % config.hard_refresh_steps == 0:
+                    self._refresh_similarity(first_step + step)
+                loss, hits = self._step(self._iterator)
+                losses.append(float(loss))
+                correct += float(hits)
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        self._iterator_step = first_step + config.steps_per_epoch
+        return {"loss": float(np.mean(losses)), "accuracy": correct / (examples_per_step * config.steps_per_epoch)}
+
+    def _refresh_similarity(self, step: int) -> None:
+        """Speaker-centroid cosine similarities under the current model, for
+        choosing hard negatives: two random windows per speaker."""
+        sampler = WindowSampler(self.train_bank, self.config.frames)
+        speakers = tf.repeat(tf.range(len(self.config.speakers), dtype=tf.int64), 2)
+        speakers = tf.boolean_mask(speakers, tf.gather(sampler.count, speakers) > 0)
+        seed = tf.constant([self.config.seed, step], dtype=tf.int64)
+        windows = sampler.random_windows(seed, sampler.random_utterances(seed + 1, speakers))
+        embeddings = self.embedding_model.predict(windows, batch_size=256, verbose=0)
+        num = len(self.config.speakers)
+        centroids = np.zeros((num, embeddings.shape[1]), np.float32)
+        np.add.at(centroids, speakers.numpy(), embeddings)
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        similarity = centroids @ centroids.T
+        np.fill_diagonal(similarity, -2.0)  # never the anchor's own speaker
+        self.similarity.assign(similarity)
+
+    def evaluate(self) -> dict:
+        """Held-out metrics: verification EER of the embeddings (all pairs of
+        evaluation crops), plus speaker accuracy for softmax stages."""
+        metrics = {}
+        if self.stage == "triplet":
+            embeddings = self.embedding_model.predict(self.eval_windows, batch_size=64, verbose=0)
+        else:
+            embeddings, head = self.model.predict(self.eval_windows, batch_size=64, verbose=0)
+            metrics["test_accuracy"] = float(np.mean(np.argmax(head, axis=1) == self.eval_labels))
+        first, second, labels = all_pairs_trials(self.eval_labels)
+        scores = score_trials(embeddings, first, second)
+        try:
+            metrics["test_eer"] = float(equal_error_rate(scores, labels)[0])
+        except ValueError:  # every held-out crop from one speaker: no EER
+            metrics["test_eer"] = math.nan
+        return metrics

@@ -20,7 +20,7 @@ import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.config import Config
-from deep_speaker.corpus import Utterance, discover_utterances, in_shard
+from deep_speaker.corpus import Utterance, discover_utterances, id_in_shard, in_shard
 from deep_speaker.io_utils import atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
 from deep_speaker.parallel import map_jobs
 from deep_speaker.progress import progress_bar
@@ -99,7 +99,9 @@ def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, rege
     """Cache every utterance found in `audio_dirs`.
 
     regenerate=True wipes `audio_cache_pkl/` (only it and its index) first; a
-    regenerate that was killed is resumed, not restarted, by the next one.
+    regenerate that was killed is resumed, not restarted, by the next one. With
+    a shard, regenerate wipes only that shard's pickles, so the N jobs of a job
+    array never undo each other's work.
     regenerate=False (update) caches only the files not cached yet.
     """
     started = time.monotonic()
@@ -108,9 +110,13 @@ def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, rege
     utterances = [u for u in discover_utterances(audio_dirs, mic=mic) if in_shard(u, shard)]
     if not utterances:
         raise FileNotFoundError(f"no audio files (.wav .flac .ogg .mp3) found under {', '.join(map(str, audio_dirs))}")
-    marker = output_dir / REGENERATING_MARKER
+    marker = output_dir / (REGENERATING_MARKER if shard is None
+                           else f"{REGENERATING_MARKER}.shard-{shard[0]}-of-{shard[1]}")
     if regenerate and not marker.exists():
-        _wipe_audio_cache(cache_dir)
+        if shard is None:
+            _wipe_audio_cache(cache_dir)
+        else:
+            _wipe_shard(output_dir, shard)
     output_dir.mkdir(parents=True, exist_ok=True)
     if regenerate:
         marker.touch()
@@ -152,10 +158,26 @@ def _wipe_audio_cache(cache_dir: Path) -> None:
             shutil.rmtree(folder)
 
 
-def _write_failures(cache_dir: Path, failures: list[tuple[str, str]], shard) -> None:
+def _wipe_shard(output_dir: Path, shard: tuple[int, int]) -> None:
+    """Delete this shard's pickles only; index rows of deleted pickles are ignored
+    by `read_cache_index`, and re-cached files get fresh rows."""
+    removed = 0
+    for path in output_dir.glob("*.pkl") if output_dir.is_dir() else ():
+        if id_in_shard(path.stem, shard):
+            path.unlink(missing_ok=True)
+            removed += 1
+    log.info("regenerate: wiped %d cached files of shard %d/%d in %s", removed, shard[0], shard[1], output_dir)
+
+
+def failures_path(cache_dir: str | Path, shard: tuple[int, int] | None = None) -> Path:
+    """Where a cache run lists the files it could not cache (one file per shard)."""
     name = "failures.tsv" if shard is None else f"failures.shard-{shard[0]}-of-{shard[1]}.tsv"
+    return Path(cache_dir) / name
+
+
+def _write_failures(cache_dir: Path, failures: list[tuple[str, str]], shard) -> None:
     lines = ["path\treason"] + [f"{path}\t{reason}" for path, reason in failures]
-    atomic_write_text(cache_dir / name, "\n".join(lines) + "\n")
+    atomic_write_text(failures_path(cache_dir, shard), "\n".join(lines) + "\n")
 
 
 def read_cache_index(cache_dir: str | Path) -> dict[str, dict]:

@@ -20,8 +20,9 @@ AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}
 VCTK_DEFAULT_UNSEEN = ("p363", "p364", "p374", "p376")
 
 _LIBRISPEECH_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)$")
-_VCTK_NAME = re.compile(r"^([ps]\d{3,})_(\d+)(?:_mic([12]))?$")
-_VCTK_SPEAKER = re.compile(r"^[ps]\d{3,}$")
+# pNNN speakers, and VCTK 0.92's one speaker named s5.
+_VCTK_NAME = re.compile(r"^([ps]\d+)_(\d+)(?:_mic([12]))?$")
+_VCTK_SPEAKER = re.compile(r"^[ps]\d+$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -58,6 +59,8 @@ def parse_utterance(path: Path, root: Path, mic: int = 1) -> Utterance | None:
 
     >>> parse_utterance(Path('/c/wav48/p225/p225_001.wav'), Path('/c')).utterance_id
     'p225_001'
+    >>> parse_utterance(Path('/c/wav48_silence_trimmed/s5/s5_001_mic1.flac'), Path('/c')).speaker_id
+    's5'
     >>> parse_utterance(Path('/l/train/19/198/19-198-0001.flac'), Path('/l')).speaker_id
     '19'
     >>> parse_utterance(Path('/s/PhilippeRemy/PhilippeRemy_001.wav'), Path('/s')).speaker_id
@@ -133,7 +136,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 def in_shard(utterance: Utterance, shard: tuple[int, int] | None) -> bool:
     """Deterministic split by a hash of the utterance id: adding files to a
     corpus never moves the others to another shard."""
+    return id_in_shard(utterance.utterance_id, shard)
+
+
+def id_in_shard(utterance_id: str, shard: tuple[int, int] | None) -> bool:
+    """`in_shard` by utterance id (a cache pickle's file stem)."""
     if shard is None:
         return True
     index, count = shard
-    return zlib.crc32(utterance.utterance_id.encode()) % count == index
+    return zlib.crc32(utterance_id.encode()) % count == index

@@ -46,6 +46,7 @@ DEFAULT_DATA_ROOT = Path("deep-speaker-data")
 DOWNLOADS_FOLDER = "downloads"
 MARKER_NAME = ".complete"
 CHUNK_BYTES = 1 << 20
+SUPPORTED_SCHEMES = ("https", "http", "ftp", "file")  # what urllib's default opener fetches
 USER_AGENT = "deep-speaker-vctk-downloader/1.0 (python urllib)"
 
 
@@ -218,6 +219,7 @@ def download_file(url: str, destination: str | Path, *, expected_sha256: str | N
     to `destination` only after its size (the server's, and `expected_size`)
     and `expected_sha256` check out; a file that fails a check is deleted.
     """
+    _check_url(url)
     destination = Path(destination)
     part = destination.with_name(destination.name + ".part")
     _mkdir(destination.parent)
@@ -242,6 +244,13 @@ def download_file(url: str, destination: str | Path, *, expected_sha256: str | N
     _fsync(part)
     os.replace(part, destination)
     return digest
+
+
+def _check_url(url: str) -> None:
+    """Refuse what urllib cannot fetch before touching the disk."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in SUPPORTED_SCHEMES or not (parts.netloc or parts.scheme == "file"):
+        raise DownloadError(f"{url}: not a usable URL (expected {', '.join(SUPPORTED_SCHEMES)}://...)")
 
 
 def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None:
@@ -272,7 +281,7 @@ def _fetch_into(url: str, part: Path, *, timeout: float, progress: bool) -> None
 
     with response:
         if response.status == 206:
-            start, total = _parse_content_range(response.headers.get("Content-Range"))
+            start, total = _parse_content_range(url, response.headers.get("Content-Range"))
             if start != offset:
                 part.unlink()
                 raise DownloadError(f"{url}: server resumed at byte {start}, not {offset}; "
@@ -344,11 +353,11 @@ def _progress_bar(total: int | None, *, initial: int, desc: str, enabled: bool) 
                 disable=not enabled)
 
 
-def _parse_content_range(value: str | None) -> tuple[int, int | None]:
+def _parse_content_range(url: str, value: str | None) -> tuple[int, int | None]:
     """(start, total) from 'bytes START-END/TOTAL' (TOTAL may be '*')."""
     match = re.fullmatch(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", value or "")
     if not match:
-        raise DownloadError(f"server sent a partial response with a bad Content-Range: {value!r}")
+        raise DownloadError(f"{url}: partial response with a bad Content-Range {value!r}")
     total = match.group(3)
     return int(match.group(1)), (None if total == "*" else int(total))
 
@@ -433,14 +442,19 @@ def archive_kind_or_delete(archive: Path) -> str:
         raise DownloadError(f"{error}; deleted it, rerun to download it again") from None
 
 
-def find_corpus_root(folder: Path, layout_glob: str) -> Path | None:
-    """`folder` itself when it holds the layout, else its one subfolder that does
-    (archives differ in whether they wrap the corpus in a top-level folder)."""
+def find_corpus_root(folder: Path, layout_glob: str, depth: int = 2) -> Path | None:
+    """`folder` itself when it holds the layout, else the first subfolder (up to
+    `depth` levels down) that does: archives differ in whether, and how deep,
+    they wrap the corpus in top-level folders."""
     if _has_match(folder, layout_glob):
         return folder
+    if depth == 0:
+        return None
     for child in sorted(folder.iterdir()):
-        if child.is_dir() and not child.is_symlink() and _has_match(child, layout_glob):
-            return child
+        if child.is_dir() and not child.is_symlink():
+            found = find_corpus_root(child, layout_glob, depth - 1)
+            if found is not None:
+                return found
     return None
 
 

@@ -26,7 +26,7 @@ def compute_fbank(audio: np.ndarray, config: Config) -> np.ndarray:
     HTK mel triangles (python_speech_features, vectorised over all frames).
 
     >>> compute_fbank(np.random.default_rng(0).normal(size=8000), Config()).shape
-    (99, 64)
+    (98, 64)
     """
     if len(audio) < config.frame_length_samples:
         raise ValueError(f"audio too short for one {config.frame_length_ms} ms frame")

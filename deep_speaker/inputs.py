@@ -205,21 +205,27 @@ def _other_utterance(sampler: WindowSampler, seed, speakers, utterances):
 
 def evaluation_windows(bank: UtteranceBank, num_frames: int, max_utterances: int, seed: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic centre crops of held-out utterances, balanced over speakers.
+    """Deterministic held-out crops for per-epoch evaluation: two per speaker,
+    so there are target trials for the EER.
 
-    Returns windows (n, num_frames, num_fbanks, 1) and their labels (n,).
+    Up to max_utterances // 2 speakers (seeded choice); each gives the centre
+    crops of two different utterances, or of the two halves of its only one.
+    Returns windows (n, num_frames, num_fbanks, 1) and labels (n,).
     """
     rng = np.random.default_rng(seed)
-    order = rng.permutation(bank.num_utterances)
-    # Round-robin over speakers so every speaker is represented before any repeats.
-    rank = np.zeros(bank.num_utterances, dtype=np.int64)
-    seen: dict[int, int] = {}
-    for position in order:
-        label = int(bank.labels[position])
-        rank[position] = seen.get(label, 0)
-        seen[label] = rank[position] + 1
-    chosen = order[np.argsort(rank[order], kind="stable")][:max_utterances]
-    lengths = bank.lengths[chosen]
+    speakers = np.flatnonzero(bank.utterance_count > 0)
+    speakers = np.sort(rng.permutation(speakers)[:max(1, max_utterances // 2)])
+    first, count = bank.first_utterance[speakers], bank.utterance_count[speakers]
+    pick = first + rng.integers(0, count)
+    other = np.where(count > 1, first + (pick - first + 1 + rng.integers(0, np.maximum(count - 1, 1))) % count, pick)
+    utterances = np.stack([pick, other], axis=1).reshape(-1)
+    offsets, lengths = bank.offsets[utterances], bank.lengths[utterances]
+    # The two crops of a one-utterance speaker come from its two halves.
+    alone = np.repeat(count == 1, 2)
+    half = np.maximum(lengths // 2, 1)
+    second_half = alone & (np.arange(len(utterances)) % 2 == 1)
+    offsets = np.where(second_half, offsets + half, offsets)
+    lengths = np.where(alone, np.where(second_half, lengths - half, half), lengths)
     starts = np.maximum(lengths - num_frames, 0) // 2
-    rows = bank.offsets[chosen, None] + (starts[:, None] + np.arange(num_frames)[None, :]) % lengths[:, None]
-    return bank.frames[rows][..., None], bank.labels[chosen]
+    rows = offsets[:, None] + (starts[:, None] + np.arange(num_frames)[None, :]) % lengths[:, None]
+    return bank.frames[rows][..., None], np.repeat(bank.labels[bank.first_utterance[speakers]], 2)

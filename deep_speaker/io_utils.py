@@ -6,6 +6,7 @@ anything else, so a planted pickle can never run code.
 """
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -57,10 +58,24 @@ def load_pickle(path: str | Path) -> Any:
         raise ValueError(f"{path}: unreadable pickle ({type(error).__name__}: {error})") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _file_mode() -> int:
+    """The mode open() would give a new file (0o666 less the umask): mkstemp makes
+    0o600 files, which would leave a shared cache unreadable to the group."""
+    try:  # Linux reports the umask without changing it
+        status = Path("/proc/self/status").read_text()
+        mask = next(int(line.split()[1], 8) for line in status.splitlines() if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -129,6 +129,7 @@ def _speaker_job(job: tuple[str, list[Path], Path, Config]) -> tuple[str, str, i
         atomic_write_pickle(output_path, inputs)
         return speaker_id, "written", sum(len(f) for f in inputs["train"] + inputs["test"]), None
     except Exception as error:  # one bad speaker never stops the others
+        output_path.unlink(missing_ok=True)  # no stale inputs from an older cache: it is left out everywhere
         return speaker_id, "failed", 0, str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
@@ -154,9 +155,11 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
     inputs_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(inputs_dir)
     training = [s for s in by_speaker if s not in set(unseen_speakers)]
+    removed = 0
     for stale in inputs_dir.glob("*.pkl"):  # a speaker now unseen must not train
         if stale.stem not in training:
             stale.unlink()
+            removed += 1
     source_dir = audio_cache_dir(cache_dir)
     jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{s}.pkl", config) for s in training]
     with progress_bar(total=len(jobs), desc="training inputs", unit="speaker") as bar:
@@ -170,7 +173,7 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
                 summary.written += 1
                 summary.frames += frames
     done = [s for s in training if s not in {f for f, _ in summary.failed}]
-    if summary.written or not (cache_dir / FULL_INPUTS).exists():
+    if summary.written or removed or summary.failed or not (cache_dir / FULL_INPUTS).exists():
         write_full_inputs(cache_dir / FULL_INPUTS, [inputs_dir / f"{s}.pkl" for s in done])
     lines = ["speaker\treason"] + [f"{s}\t{r}" for s, r in summary.failed]
     atomic_write_text(cache_dir / "inputs_failures.tsv", "\n".join(lines) + "\n")

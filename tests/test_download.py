@@ -372,6 +372,12 @@ def test_http_error_names_url_and_status(server, tmp_path):
         download_vctk("0.80", tmp_path, url=url, **FAST)
 
 
+@pytest.mark.parametrize("url", ["gopher://example/x.zip", "VCTK-Corpus.zip", "http:///x.zip"])
+def test_unusable_url_is_one_clear_line(tmp_path, url):
+    with pytest.raises(DownloadError, match=rf"^{re.escape(url)}: not a usable URL"):
+        download_vctk("0.80", tmp_path, url=url, **FAST)
+
+
 def test_connection_refused_is_a_network_error(tmp_path):
     with LocalServer() as closed:  # bind a port, then close it so nothing listens there
         url = closed.url("/VCTK-Corpus.zip")

@@ -1,8 +1,6 @@
 """preprocess.py: stage 1 (audio cache) and stage 2 (training inputs)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
                                           positive_int, run, setup_logging)
 
@@ -47,7 +45,7 @@ def _main(argv) -> int:
         p.error("choose --regenerate_full_cache, --update_cache and/or --generate_training_inputs")
     setup_logging(args.verbose)
 
-    from deep_speaker.audio_cache import build_audio_cache
+    from deep_speaker.audio_cache import build_audio_cache, failures_path
     from deep_speaker.config import Config
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
@@ -65,9 +63,10 @@ def _main(argv) -> int:
                                     workers=workers, shard=shard, mic=args.mic)
         print(summary.line())
         if summary.failed:
-            print(f"failures listed in {Path(args.cache_output_dir) / 'failures.tsv'}")
+            print(f"failures listed in {failures_path(args.cache_output_dir, shard)}")
         if summary.cached == 0 and summary.skipped == 0:
-            raise CommandError("nothing could be cached: every file failed (see failures.tsv)")
+            raise CommandError(f"nothing could be cached: every file failed "
+                               f"(see {failures_path(args.cache_output_dir, shard)})")
     if args.generate_training_inputs:
         summary = generate_training_inputs(args.cache_output_dir, config, unseen_speakers=args.unseen_speakers,
                                            workers=workers)

@@ -1,0 +1,41 @@
+"""evaluate.py: speaker-verification evaluation with EER, minDCF and plots."""
+from __future__ import annotations
+
+from deep_speaker.commands.common import DEFAULT_CHECKPOINT_DIR, parser, run, setup_logging
+
+
+def build_parser():
+    p = parser("Verification evaluation: EER and minDCF (P_target 0.01, 0.05), scores.tsv, metrics.json, "
+               "DET curve, score histograms, speaker similarity matrix.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--audio_dir", help="folder-per-speaker tree: every pair of files is a trial")
+    source.add_argument("--trials", help="file of 'label path1 path2' lines (label 1/0 or target/nontarget)")
+    p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
+    p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
+    p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
+    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
+    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    return run(_main, argv)
+
+
+def _main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+
+    from deep_speaker.evaluation import evaluate_trials, trials_from_folder, trials_from_list
+    from deep_speaker.scoring import Embedder, resolve_model
+
+    trials = trials_from_folder(args.audio_dir) if args.audio_dir else trials_from_list(args.trials, args.audio_root)
+    resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
+    print(resolved.line(), flush=True)
+    report = evaluate_trials(Embedder(resolved), trials, args.output_dir, args.plot_embeddings)
+    print(f"EER {100 * report['eer']:.2f} % (threshold {report['eer_threshold']:.4f}), "
+          f"minDCF(0.01) {report['min_dcf_0.01']:.4f}, minDCF(0.05) {report['min_dcf_0.05']:.4f}, "
+          f"{report['num_target']} target / {report['num_nontarget']} non-target trials, "
+          f"{report['num_files']} files ({report['skipped_files']} skipped); written to {args.output_dir}")
+    return 0

@@ -1,0 +1,91 @@
+"""get_emb.py: the embedding of a cached speaker, or of audio files."""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
+                                          positive_int, run, setup_logging)
+from deep_speaker.corpus import AUDIO_EXTENSIONS
+
+
+def build_parser():
+    p = parser("Speaker embeddings: of a cached speaker (NAME) or of audio files (paths or globs).")
+    p.add_argument("--get_embeddings", nargs="+", required=True, metavar="NAME|FILE|GLOB",
+                   help="one cached speaker id, or audio files / quoted globs")
+    p.add_argument("--output", default=None, metavar="OUT.npy|OUT.csv|OUT.json",
+                   help="write one unit-length row per file (the file list is stored alongside)")
+    p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="audio cache folder")
+    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
+    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    p.add_argument("--max_utterances", type=positive_int, default=50,
+                   help="for a speaker: at most this many cached utterances (seeded random choice)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    return run(_main, argv)
+
+
+def _looks_like_files(items: list[str]) -> bool:
+    return any(Path(i).suffix.lower() in AUDIO_EXTENSIONS or Path(i).exists() or glob.has_magic(i) for i in items)
+
+
+def expand_files(items: list[str]) -> list[str]:
+    """Paths in the order given, globs expanded (sorted); a glob matching
+    nothing is an error."""
+    paths = []
+    for item in items:
+        if glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise CommandError(f"{item}: no file matches this pattern")
+            paths.extend(matches)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _main(argv) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.output and Path(args.output).suffix.lower() not in (".npy", ".csv", ".json"):
+        p.error("--output must end in .npy, .csv or .json")
+    setup_logging(args.verbose)
+
+    from deep_speaker.embeddings_io import write_embeddings
+    from deep_speaker.scoring import Embedder, embed_cached_speaker, embed_many_files, resolve_model
+
+    resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
+    embedder = Embedder(resolved)
+    print(resolved.line(), flush=True)
+    if not _looks_like_files(args.get_embeddings):
+        if len(args.get_embeddings) != 1:
+            raise CommandError("give one speaker name, or audio files")
+        name = args.get_embeddings[0]
+        vector = embed_cached_speaker(embedder, args.cache_output_dir, name, args.max_utterances)
+        if args.output:
+            write_embeddings(args.output, vector[None, :], [name])
+            print(f"embedding of {name} ({vector.shape[0]}-d) written to {args.output}")
+        else:
+            with np.printoptions(threshold=np.inf, precision=6, suppress=True):
+                print(vector)
+        return 0
+    paths = expand_files(args.get_embeddings)
+    embeddings, ok, failed = embed_many_files(embedder, paths)
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=__import__("sys").stderr)
+    if args.output:
+        written = write_embeddings(args.output, embeddings, ok, failed)
+        print(f"{len(ok)} embeddings ({embeddings.shape[1]}-d) written to {', '.join(map(str, written))}"
+              + (f"; {len(failed)} file(s) skipped" if failed else ""))
+    else:
+        with np.printoptions(threshold=np.inf, precision=6, suppress=True, linewidth=np.inf):
+            for path, row in zip(ok, embeddings):
+                print(f"{path}\t{row}")
+    if not ok:
+        raise CommandError(f"none of the {len(paths)} file(s) could be embedded")
+    return 0

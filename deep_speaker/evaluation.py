@@ -1,0 +1,113 @@
+"""Verification evaluation: trials, scores, EER/minDCF, and plots.
+
+Trials come from a folder (speaker = folder; every pair of files is a trial)
+or from a list of `label path1 path2` lines (label 1/target or 0/nontarget).
+Every file is embedded once; a trial's score is the cosine similarity.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.corpus import discover_utterances, parse_utterance
+from deep_speaker.io_utils import atomic_write_text
+from deep_speaker.metrics import all_pairs_trials, det_curve, score_trials, verification_report
+from deep_speaker.scoring import Embedder, embed_many_files
+
+log = logging.getLogger(__name__)
+
+_LABELS = {"1": 1, "target": 1, "0": 0, "nontarget": 0}
+
+
+@dataclass
+class Trials:
+    files: list[str]  # every file once
+    speakers: list[str]  # speaker id of each file
+    first: np.ndarray  # (num_trials,) index into files
+    second: np.ndarray
+    labels: np.ndarray  # (num_trials,) 1 target, 0 non-target
+
+
+def trials_from_folder(audio_dir: str | Path) -> Trials:
+    """All unordered pairs of the files of a folder-per-speaker tree."""
+    utterances = discover_utterances([audio_dir])
+    files = [str(u.path) for u in utterances]
+    speakers = [u.speaker_id for u in utterances]
+    first, second, labels = all_pairs_trials(speakers)
+    return Trials(files, speakers, first, second, labels.astype(np.int8))
+
+
+def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
+    """Parse `label path1 path2` lines (paths relative to audio_root); '#' starts a comment."""
+    audio_root = Path(audio_root)
+    index: dict[str, int] = {}
+    first, second, labels = [], [], []
+    for number, line in enumerate(Path(trials_file).read_text().splitlines(), start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 3 or parts[0].lower() not in _LABELS:
+            raise ValueError(f"{trials_file}:{number}: expected 'label path1 path2' with label 1/0 or "
+                             f"target/nontarget, got {line!r}")
+        ids = []
+        for name in parts[1:]:
+            path = str(audio_root / name)
+            ids.append(index.setdefault(path, len(index)))
+        first.append(ids[0])
+        second.append(ids[1])
+        labels.append(_LABELS[parts[0].lower()])
+    if not labels:
+        raise ValueError(f"{trials_file}: no trials")
+    files = list(index)
+    root = audio_root.resolve()
+    speakers = []
+    for path in files:
+        resolved = Path(path).resolve()
+        try:
+            speakers.append(parse_utterance(resolved, root).speaker_id)
+        except ValueError:  # outside the root: name the speaker by folder
+            speakers.append(resolved.parent.name)
+    return Trials(files, speakers, np.array(first), np.array(second), np.array(labels, dtype=np.int8))
+
+
+def evaluate_trials(embedder: Embedder, trials: Trials, output_dir: str | Path,
+                    plot_embeddings: bool = False) -> dict:
+    """Embed, score, write scores.tsv, metrics.json and the plots; returns the metrics."""
+    from deep_speaker import plots
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    embeddings, ok, failed = embed_many_files(embedder, trials.files)
+    for path, reason in failed:
+        log.warning("skipped %s: %s", path, reason)
+    row_of = np.full(len(trials.files), -1)
+    ok_set = {path: row for row, path in enumerate(ok)}
+    for position, path in enumerate(trials.files):
+        row_of[position] = ok_set.get(path, -1)
+    usable = (row_of[trials.first] >= 0) & (row_of[trials.second] >= 0)
+    first, second = row_of[trials.first][usable], row_of[trials.second][usable]
+    labels = trials.labels[usable]
+    scores = score_trials(embeddings, first, second)
+    report = verification_report(scores, labels)
+    report.update(model=str(embedder.resolved.path), num_files=len(ok), skipped_files=len(failed),
+                  skipped_trials=int((~usable).sum()))
+    lines = ["label\tscore\tfile1\tfile2"] + [
+        f"{label}\t{score:.6f}\t{ok[i]}\t{ok[j]}" for label, score, i, j in zip(labels, scores, first, second)]
+    atomic_write_text(output_dir / "scores.tsv", "\n".join(lines) + "\n")
+    atomic_write_text(output_dir / "metrics.json", json.dumps(report, indent=2))
+
+    fpr, fnr, _ = det_curve(scores, labels)
+    plots.plot_det_curve(fpr, fnr, output_dir / "det_curve.png", eer=report["eer"], label="deep-speaker")
+    plots.plot_score_histograms(scores, labels, output_dir / "score_histograms.png",
+                                threshold=report["eer_threshold"])
+    speakers_ok = [trials.speakers[trials.files.index(path)] for path in ok] if len(ok) < 5000 else None
+    if speakers_ok is not None:
+        plots.plot_similarity_matrix(embeddings, speakers_ok, output_dir / "similarity_matrix.png")
+        if plot_embeddings:
+            plots.plot_embeddings_2d(embeddings, speakers_ok, output_dir / "embeddings_2d.png")
+    return report

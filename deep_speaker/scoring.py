@@ -1,0 +1,253 @@
+"""Scoring: which model, embeddings of files and cached speakers, SAN/SAP.
+
+The features a model sees at scoring time are made exactly as in training:
+decode -> resample -> trim (audio stage) -> log fbank -> per-utterance CMVN
+(`deep_speaker.features.utterance_features`). Speaker embedding = the
+renormalised mean of its utterance embeddings.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.audio import AudioError, load_utterance
+from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
+from deep_speaker.config import Config
+from deep_speaker.features import utterance_features
+from deep_speaker.metrics import cosine_distance
+
+log = logging.getLogger(__name__)
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+MODEL_FILE = "best.keras"
+MIN_SCORING_FRAMES = 10  # 100 ms of voice; fewer frames leave the model nothing to average
+
+
+class ScoringError(ValueError):
+    """A scoring request that cannot be served; the message says why and what to do."""
+
+
+@dataclass
+class ResolvedModel:
+    path: Path
+    config: Config
+    origin: str  # "checkpoint", "triplet checkpoint", "pretrained", ...
+
+    def line(self) -> str:
+        return f"model: {self.path} ({self.origin}, width {self.config.width})"
+
+
+def resolve_model(checkpoint: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> ResolvedModel:
+    """--checkpoint FILE, else the best triplet checkpoint of --checkpoint_dir
+    (then its softmax stages), else the pretrained model in the package."""
+    tried = []
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise ScoringError(f"{path}: checkpoint not found")
+        return ResolvedModel(path, _config_beside(path), "--checkpoint")
+    candidates = []
+    if checkpoint_dir is not None:
+        for stage in ("triplet", "softmax_frozen", "softmax"):
+            candidates.append((Path(checkpoint_dir) / stage / MODEL_FILE, f"best {stage} checkpoint"))
+    candidates.append((PRETRAINED_DIR / "embedding.keras", "pretrained model shipped with deep-speaker"))
+    for path, origin in candidates:
+        tried.append(str(path))
+        if path.is_file():
+            return ResolvedModel(path, _config_beside(path), origin)
+    raise ScoringError(f"no model found (tried {', '.join(tried)}); train one with "
+                       f"train_cli.py --loss_on_softmax then --loss_on_embeddings, or pass --checkpoint FILE")
+
+
+def _config_beside(model_path: Path) -> Config:
+    config_path = model_path.parent / "config.json"
+    if not config_path.is_file():
+        raise ScoringError(f"{config_path}: missing; every model needs the config.json it was trained with")
+    return Config.load(config_path)
+
+
+class Embedder:
+    """Whole-utterance embeddings from a resolved model: (num_frames, num_fbanks) -> (embedding_dim,)."""
+
+    def __init__(self, resolved: ResolvedModel):
+        import tensorflow as tf
+
+        from deep_speaker.model import embedding_part
+        from deep_speaker.training import load_checkpoint
+
+        self.resolved = resolved
+        self.config = resolved.config
+        model = load_checkpoint(resolved.path)
+        if isinstance(model.output, (list, tuple)) or len(model.outputs) > 1:
+            model = embedding_part(model)
+        self.model = model
+        self.embedding_dim = int(model.output.shape[-1])
+        spec = tf.TensorSpec((1, None, self.config.num_fbanks, 1), tf.float32)
+        # One trace for every utterance length: no retracing per file.
+        self._embed_one = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def embed_features(self, features: list[np.ndarray]) -> np.ndarray:
+        """(len(features), embedding_dim) unit rows, one per utterance."""
+        rows = []
+        for frames in features:
+            if len(frames) < MIN_SCORING_FRAMES:
+                raise ScoringError(f"utterance of {len(frames)} frames: at least {MIN_SCORING_FRAMES} frames "
+                                   f"({MIN_SCORING_FRAMES * 10} ms of speech) are needed")
+            rows.append(self._embed_one(frames[None, :, :, None].astype(np.float32)).numpy()[0])
+        return np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
+
+    def file_features(self, path: str | Path) -> np.ndarray:
+        """Features of one audio file, made exactly as the pipeline makes them."""
+        try:
+            trimmed = load_utterance(path, self.config)
+        except AudioError as error:
+            raise AudioError(f"{path}: {error}") from None
+        return utterance_features(trimmed.audio_voice_only, self.config)
+
+    def embed_file(self, path: str | Path) -> np.ndarray:
+        return self.embed_features([self.file_features(path)])[0]
+
+
+def speaker_embedding(utterance_embeddings: np.ndarray) -> np.ndarray:
+    """Renormalised mean of unit utterance embeddings.
+
+    >>> speaker_embedding(np.array([[1., 0.], [0., 1.]])).round(4).tolist()
+    [0.7071, 0.7071]
+    """
+    mean = np.asarray(utterance_embeddings, dtype=np.float64).mean(axis=0)
+    norm = np.linalg.norm(mean)
+    if norm == 0:
+        raise ScoringError("utterance embeddings cancel out: no speaker direction")
+    return (mean / norm).astype(np.float32)
+
+
+@dataclass
+class CachedSpeaker:
+    speaker_id: str
+    cache_files: list[Path]
+
+
+def cached_speakers(cache_dir: str | Path, names: list[str]) -> list[CachedSpeaker]:
+    """The cached utterances of each named speaker; unknown names are an error
+    that lists what the cache holds."""
+    by_speaker = speakers_in_cache(read_cache_index(cache_dir))
+    unknown = [n for n in names if n not in by_speaker]
+    if unknown:
+        held = list(by_speaker)
+        preview = ", ".join(held[:30]) + (f", ... ({len(held) - 30} more)" if len(held) > 30 else "")
+        raise ScoringError(f"unknown speaker(s) {', '.join(unknown)}; the cache {audio_cache_dir(cache_dir)} "
+                           f"holds {len(held)}: {preview}")
+    folder = audio_cache_dir(cache_dir)
+    return [CachedSpeaker(n, [folder / f for f in by_speaker[n]]) for n in names]
+
+
+def cached_features(speaker: CachedSpeaker, config: Config, max_utterances: int, seed: int) -> list[np.ndarray]:
+    """Features of up to max_utterances of a cached speaker (seeded choice)."""
+    files = speaker.cache_files
+    if len(files) > max_utterances:
+        chosen = np.random.default_rng(seed).choice(len(files), size=max_utterances, replace=False)
+        files = [files[i] for i in sorted(chosen)]
+    features = []
+    for path in files:
+        record = load_cached_utterance(path)
+        if record["sample_rate"] != config.sample_rate_hz:
+            raise ScoringError(f"{path}: cached at {record['sample_rate']} Hz but the model expects "
+                               f"{config.sample_rate_hz} Hz features; rebuild the cache or use a matching model")
+        features.append(utterance_features(record["audio_voice_only"], config))
+    return features
+
+
+@dataclass
+class Comparison:
+    kind: str  # "SAN" (different speakers), "SAP" (same speaker) or "files"
+    distance: float  # 1 - cosine similarity
+    similarity: float
+    model: str
+    counts: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    threshold: float | None = None
+
+    @property
+    def same_speaker(self) -> bool | None:
+        return None if self.threshold is None else bool(self.similarity >= self.threshold)
+
+    def to_dict(self) -> dict:
+        result = {"kind": self.kind, "distance": self.distance, "similarity": self.similarity, "model": self.model,
+                  "names": self.names, "utterances": self.counts, "seconds": round(self.seconds, 3)}
+        if self.threshold is not None:
+            result.update(threshold=self.threshold, same_speaker=self.same_speaker)
+        return result
+
+
+def _split_halves(features: list[np.ndarray], seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two disjoint halves of a speaker's utterances (one utterance: split in time)."""
+    if len(features) == 1:
+        frames = features[0]
+        middle = len(frames) // 2
+        return [frames[:middle]], [frames[middle:]]
+    order = np.random.default_rng(seed).permutation(len(features))
+    half = len(features) // 2
+    return [features[i] for i in order[:half]], [features[i] for i in order[half:]]
+
+
+def compare_speakers(embedder: Embedder, cache_dir, first: str, second: str, max_utterances: int = 50,
+                     seed: int = 1234) -> Comparison:
+    """SAN for two different speakers, SAP for the same one (two disjoint halves
+    of its utterances, so the distance is honest rather than 0 by construction)."""
+    started = time.monotonic()
+    config = embedder.config
+    if first == second:
+        (speaker,) = cached_speakers(cache_dir, [first])
+        halves = _split_halves(cached_features(speaker, config, max_utterances, seed), seed)
+        groups, kind = halves, "SAP"
+    else:
+        speakers = cached_speakers(cache_dir, [first, second])
+        groups = [cached_features(s, config, max_utterances, seed) for s in speakers]
+        kind = "SAN"
+    u, v = (speaker_embedding(embedder.embed_features(g)) for g in groups)
+    distance = cosine_distance(u, v)
+    return Comparison(kind, distance, 1.0 - distance, str(embedder.resolved.path), [len(g) for g in groups],
+                      [first, second], time.monotonic() - started)
+
+
+def compare_files(embedder: Embedder, first, second, threshold: float | None = None) -> Comparison:
+    """Score two recordings directly, no cache needed."""
+    started = time.monotonic()
+    u, v = embedder.embed_file(first), embedder.embed_file(second)
+    distance = cosine_distance(u, v)
+    return Comparison("files", distance, 1.0 - distance, str(embedder.resolved.path), [1, 1],
+                      [str(first), str(second)], time.monotonic() - started, threshold)
+
+
+def embed_many_files(embedder: Embedder, paths: list[str], progress: bool = True
+                     ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
+    """Embeddings of many files; undecodable ones are skipped and reported.
+
+    Returns (embeddings (n_ok, dim), ok paths in input order, [(path, reason)]).
+    """
+    from deep_speaker.progress import progress_bar
+
+    rows, ok, failed = [], [], []
+    with progress_bar(total=len(paths), desc="embeddings", unit="file", enabled=progress and len(paths) >= 20) as bar:
+        for path in paths:
+            try:
+                rows.append(embedder.embed_file(path))
+                ok.append(path)
+            except (AudioError, ScoringError, OSError) as error:
+                reason = str(error)
+                prefix = f"{path}: "
+                failed.append((path, reason[len(prefix):] if reason.startswith(prefix) else reason))
+            bar.update(1)
+    embeddings = np.stack(rows) if rows else np.zeros((0, embedder.embedding_dim), np.float32)
+    return embeddings, ok, failed
+
+
+def embed_cached_speaker(embedder: Embedder, cache_dir, name: str, max_utterances: int = 50,
+                         seed: int = 1234) -> np.ndarray:
+    (speaker,) = cached_speakers(cache_dir, [name])
+    return speaker_embedding(embedder.embed_features(cached_features(speaker, embedder.config, max_utterances, seed)))

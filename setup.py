@@ -27,6 +27,8 @@ setup(
             "deep-speaker-get-emb=deep_speaker.commands.get_emb:main",
             "deep-speaker-evaluate=deep_speaker.commands.evaluate:main",
             "deep-speaker-download-vctk=deep_speaker.commands.download_vctk:main",
+            "deep-speaker-export=deep_speaker.commands.export_model:main",
+            "deep-speaker-pipeline=deep_speaker.commands.pipeline:main",
         ]
     },
 )

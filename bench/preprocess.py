@@ -196,7 +196,8 @@ def bench_inputs_stage(full_cache: Path, work_dir: Path, workers: int) -> list[d
     if len(results) >= 2:
         per_hour = [r["wall_s"] / r["hours"] for r in results]
         rss = [max(r["main_rss_mb"], r["worker_rss_mb"]) for r in results]
-        print(f"time per audio hour: {min(per_hour):.1f}-{max(per_hour):.1f} s; peak RSS {min(rss):.0f}-{max(rss):.0f} MB "
+        print(f"time per audio hour: {min(per_hour):.1f}-{max(per_hour):.1f} s; "
+              f"peak RSS {min(rss):.0f}-{max(rss):.0f} MB "
               f"(flat: main-process RSS grows {results[-1]['main_rss_mb'] / results[0]['main_rss_mb']:.2f}x "
               f"from {results[0]['speakers']} to {results[-1]['speakers']} speakers)")
     return results

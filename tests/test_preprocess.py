@@ -14,7 +14,7 @@ import pytest
 import soundfile
 
 from deep_speaker.audio import load_utterance
-from deep_speaker.audio_cache import AUDIO_CACHE_DIR, INDEX_DIR, REGENERATING_MARKER
+from deep_speaker.audio_cache import AUDIO_CACHE_DIR, REGENERATING_MARKER
 from deep_speaker.commands.preprocess import main
 from deep_speaker.config import Config
 from deep_speaker.features import utterance_features

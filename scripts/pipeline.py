@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Deep Speaker end-to-end pipelineing (see deep_speaker/commands/pipeline.py)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
+
+from deep_speaker.commands.pipeline import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -30,6 +30,9 @@ class Config:
     preemphasis: float = 0.97  # python_speech_features' default
     test_fraction: float = 0.2  # share of each speaker's utterances kept for testing
     split_seed: int = 1234  # seed of the train/test split of utterances
+    # Speed perturbation (Ko et al. 2015): each factor f adds a pseudo-speaker
+    # "<speaker>-sp<f>" whose audio plays f times faster (pitch shifts too), e.g. [0.9, 1.1].
+    speed_perturbations: list = field(default_factory=list)
 
     # --- model ---
     model_name: str = "rescnn"  # key of deep_speaker.model.MODEL_BUILDERS

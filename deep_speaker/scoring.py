@@ -24,7 +24,18 @@ log = logging.getLogger(__name__)
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 MODEL_FILE = "best.keras"
-MIN_SCORING_FRAMES = 10  # 100 ms of voice; fewer frames leave the model nothing to average
+MIN_SCORING_FRAMES = 10  # 115 ms of voice at 25/10 ms framing; fewer frames leave the model nothing to average
+
+
+def min_scoring_speech_ms(config: Config) -> float:
+    """Voiced audio a file needs to be scored: MIN_SCORING_FRAMES whole frames,
+    and never less than the audio stage's own minimum.
+
+    >>> min_scoring_speech_ms(Config())
+    115.0
+    """
+    frames_ms = config.frame_length_ms + (MIN_SCORING_FRAMES - 1) * config.frame_shift_ms
+    return float(max(config.min_voice_ms, frames_ms))
 
 
 class ScoringError(ValueError):
@@ -96,7 +107,7 @@ class Embedder:
         for frames in features:
             if len(frames) < MIN_SCORING_FRAMES:
                 raise ScoringError(f"utterance of {len(frames)} frames: at least {MIN_SCORING_FRAMES} frames "
-                                   f"({MIN_SCORING_FRAMES * 10} ms of speech) are needed")
+                                   f"({min_scoring_speech_ms(self.config):.0f} ms of speech) are needed")
             rows.append(self._embed_one(frames[None, :, :, None].astype(np.float32)).numpy()[0])
         return np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
 
@@ -105,17 +116,24 @@ class Embedder:
         try:
             trimmed = load_utterance(path, self.config)
         except AudioError as error:
-            raise AudioError(f"{path}: {error}") from None
+            reason = str(error)
+            if "needed" not in reason and reason.startswith("audio is all silent"):
+                reason += f"; at least {min_scoring_speech_ms(self.config):.0f} ms of speech are needed"
+            raise AudioError(f"{path}: {reason}") from None
         return utterance_features(trimmed.audio_voice_only, self.config)
 
     def embed_file(self, path: str | Path) -> np.ndarray:
-        return self.embed_features([self.file_features(path)])[0]
+        features = self.file_features(path)
+        try:
+            return self.embed_features([features])[0]
+        except ScoringError as error:  # too short: say which file
+            raise ScoringError(f"{path}: {error}") from None
 
 
 def speaker_embedding(utterance_embeddings: np.ndarray) -> np.ndarray:
     """Renormalised mean of unit utterance embeddings.
 
-    >>> speaker_embedding(np.array([[1., 0.], [0., 1.]])).round(4).tolist()
+    >>> speaker_embedding(np.array([[1., 0.], [0., 1.]])).astype(float).round(4).tolist()
     [0.7071, 0.7071]
     """
     mean = np.asarray(utterance_embeddings, dtype=np.float64).mean(axis=0)

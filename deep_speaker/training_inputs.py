@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deep_speaker.audio import change_speed
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
 from deep_speaker.config import Config
 from deep_speaker.corpus import default_unseen_speakers
@@ -66,14 +67,27 @@ def split_utterances(utterance_ids: list[str], speaker_id: str, config: Config) 
     return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
 
 
-def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config) -> dict:
-    """The inputs dict of one speaker from its cached utterances."""
+def perturbed_speaker_id(speaker_id: str, factor: float) -> str:
+    """Id of a speed-perturbed pseudo-speaker; factor 1 is the speaker itself.
+
+    >>> perturbed_speaker_id('p225', 0.9), perturbed_speaker_id('p225', 1.0)
+    ('p225-sp0.9', 'p225')
+    """
+    return speaker_id if factor == 1.0 else f"{speaker_id}-sp{factor:g}"
+
+
+def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, speed: float = 1.0) -> dict:
+    """The inputs dict of one speaker from its cached utterances (at `speed`,
+    as the pseudo-speaker `perturbed_speaker_id(speaker_id, speed)`)."""
     fbanks, utterance_ids = [], []
     for path in cache_files:
         record = load_cached_utterance(path)
         if record["sample_rate"] != config.sample_rate_hz:
             raise ValueError(f"{path}: cached at {record['sample_rate']} Hz, config wants {config.sample_rate_hz} Hz")
-        fbanks.append(compute_fbank(record["audio_voice_only"], config))
+        voice = record["audio_voice_only"]
+        if speed != 1.0:
+            voice = change_speed(voice, config.sample_rate_hz, speed)
+        fbanks.append(compute_fbank(voice, config))
         utterance_ids.append(record["utterance_id"])
     if len(fbanks) == 1:
         # One utterance: split it in time, the first part trains.
@@ -87,7 +101,8 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config) -> 
         train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
     stacked = np.concatenate(train_raw, axis=0)
     return {
-        "speaker_id": speaker_id,
+        "speaker_id": perturbed_speaker_id(speaker_id, speed),
+        "speed": speed,
         "train": [normalize_utterance(f) for f in train_raw],
         "test": [normalize_utterance(f) for f in test_raw],
         "train_utterances": train_ids,
@@ -95,18 +110,18 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config) -> 
         "mean_train": stacked.mean(axis=0).astype(np.float32),
         "std_train": stacked.std(axis=0).astype(np.float32),
         "feature_settings": config.feature_settings(),
-        "source_signature": _signature(cache_files, config),
+        "source_signature": _signature(cache_files, config, speed),
     }
 
 
-def _signature(cache_files: list[Path], config: Config) -> str:
+def _signature(cache_files: list[Path], config: Config, speed: float) -> str:
     """Changes when the speaker's cached files or the feature settings change."""
     digest = hashlib.sha1()
     for path in cache_files:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     digest.update(repr(sorted(config.feature_settings().items())).encode())
-    digest.update(f"{config.test_fraction}:{config.split_seed}".encode())
+    digest.update(f"{config.test_fraction}:{config.split_seed}:{speed}".encode())
     return digest.hexdigest()
 
 
@@ -119,13 +134,14 @@ def _is_up_to_date(path: Path, signature: str) -> bool:
         return False
 
 
-def _speaker_job(job: tuple[str, list[Path], Path, Config]) -> tuple[str, str, int, str | None]:
-    """Writes one speaker's inputs; returns (speaker, 'written'|'skipped', frames, error)."""
-    speaker_id, cache_files, output_path, config = job
+def _speaker_job(job: tuple[str, list[Path], Path, Config, float]) -> tuple[str, str, int, str | None]:
+    """Writes one (pseudo-)speaker's inputs; returns (id, 'written'|'skipped'|'failed', frames, error)."""
+    base_speaker, cache_files, output_path, config, speed = job
+    speaker_id = perturbed_speaker_id(base_speaker, speed)
     try:
-        if _is_up_to_date(output_path, _signature(cache_files, config)):
+        if _is_up_to_date(output_path, _signature(cache_files, config, speed)):
             return speaker_id, "skipped", 0, None
-        inputs = speaker_inputs(speaker_id, cache_files, config)
+        inputs = speaker_inputs(base_speaker, cache_files, config, speed)
         atomic_write_pickle(output_path, inputs)
         return speaker_id, "written", sum(len(f) for f in inputs["train"] + inputs["test"]), None
     except Exception as error:  # one bad speaker never stops the others
@@ -154,14 +170,18 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
     inputs_dir = cache_dir / INPUTS_DIR
     inputs_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(inputs_dir)
-    training = [s for s in by_speaker if s not in set(unseen_speakers)]
+    training_speakers = [s for s in by_speaker if s not in set(unseen_speakers)]
+    speeds = [1.0] + [float(f) for f in config.speed_perturbations if float(f) != 1.0]
+    entries = [(s, speed) for s in training_speakers for speed in speeds]
+    training = [perturbed_speaker_id(s, speed) for s, speed in entries]
     removed = 0
     for stale in inputs_dir.glob("*.pkl"):  # a speaker now unseen must not train
         if stale.stem not in training:
             stale.unlink()
             removed += 1
     source_dir = audio_cache_dir(cache_dir)
-    jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{s}.pkl", config) for s in training]
+    jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{perturbed_speaker_id(s, speed)}.pkl", config,
+             speed) for s, speed in entries]
     with progress_bar(total=len(jobs), desc="training inputs", unit="speaker") as bar:
         for speaker_id, status, frames, error in map_jobs(_speaker_job, jobs, workers):
             bar.update(1)

@@ -1,7 +1,7 @@
 """preprocess.py: stage 1 (audio cache) and stage 2 (training inputs)."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
+from deep_speaker.commands.common import (comma_floats, DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
                                           positive_int, run, setup_logging)
 
 
@@ -30,6 +30,8 @@ def build_parser():
     p.add_argument("--unseen_speakers", type=comma_list, default=None, metavar="A,B,...",
                    help="speakers left out of the training inputs (default: p363,p364,p374,p376 for VCTK, "
                         "none for other corpora)")
+    p.add_argument("--speed_perturb", type=comma_floats, default=[], metavar="F1,F2",
+                   help="training inputs: add speed-perturbed pseudo-speakers <speaker>-sp<F>, e.g. 0.9,1.1")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -51,7 +53,7 @@ def _main(argv) -> int:
     from deep_speaker.parallel import default_workers
     from deep_speaker.training_inputs import generate_training_inputs
 
-    config = Config().override(trim=args.trim)
+    config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb)
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.generate_training_inputs:

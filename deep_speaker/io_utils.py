@@ -71,7 +71,12 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write, durable: bool = True) -> None:
+    """Call write(handle) on a temp file beside `path`, then rename it over `path`.
+
+    The rename alone makes the write atomic for readers and against a killed
+    process; durable=True also fsyncs, so the file survives a power cut.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -79,7 +84,8 @@ def atomic_write(path: Path, write) -> None:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         try:
@@ -89,9 +95,9 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def atomic_write_pickle(path: str | Path, obj: Any) -> None:
+def atomic_write_pickle(path: str | Path, obj: Any, durable: bool = True) -> None:
     """Write `obj` to `path` through a temp file and a rename: never half a file."""
-    atomic_write(Path(path), lambda handle: pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write(Path(path), lambda handle: pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL), durable)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -18,9 +18,17 @@ class CommandError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default, unless its help already explains it."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "").lower():
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
 
 
 def comma_list(text: str) -> list[str]:

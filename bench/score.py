@@ -15,6 +15,10 @@ all in one run on one audio cache:
 ratio (a - b) / c: 1.0 means the command costs start-up plus model compute and
 nothing else; target <= 1.1. Each time is the minimum (and median) over
 --repeats runs, interleaved so background load hits every measurement alike.
+On a shared machine wall times swing with other jobs, so the same ratio is
+also given in CPU seconds (user + system, all threads; children's rusage for
+the subprocesses, process_time for the in-process compute), which load moves
+much less.
 
     python bench/score.py                          # fresh width-1.0 model, vctk-mini, p225,p226
     python bench/score.py --checkpoint best.keras  # a trained model (config.json beside it)
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,17 +90,25 @@ def fresh_model(folder: Path, width: float) -> Path:
     return stage / "best.keras"
 
 
-def timed(command: list[str]) -> tuple[float, str]:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(command: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, CPU seconds, stdout) of one subprocess run."""
+    cpu = _children_cpu()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-2000:]}")
-    return seconds, result.stdout
+    return seconds, _children_cpu() - cpu, result.stdout
 
 
-def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], repeats: int) -> list[float]:
-    """Seconds of the embedding calls alone over `features`, after a warm-up pass."""
+def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], repeats: int
+                  ) -> tuple[list[float], list[float]]:
+    """(wall, CPU) seconds of the embedding calls alone over `features`, after a warm-up pass."""
     import tensorflow as tf
 
     from deep_speaker.training import load_checkpoint
@@ -110,13 +123,14 @@ def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], 
     inputs = [tf.constant(f[None, :, :, None].astype(np.float32)) for f in features]
     for x in inputs:  # warm-up: trace once, and let oneDNN set up each input length
         embed(x).numpy()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for x in inputs:
             embed(x).numpy()
         times.append(time.perf_counter() - started)
-    return times
+        cpu_times.append(time.process_time() - cpu)
+    return times, cpu_times
 
 
 def summary(times: list[float]) -> str:
@@ -168,30 +182,38 @@ def main(argv=None) -> int:
                                                      features[first]),
         }
         common = ["--checkpoint", str(checkpoint), "--cache_output_dir", str(cache)]
-        command_times = {name: [] for name in commands}
+        command_times = {name: ([], []) for name in commands}
         inside = []
-        load_times = []
+        load_times = ([], [])
         for _ in range(args.repeats):
             for name, (command, _) in commands.items():
-                seconds, out = timed([sys.executable, *command, *common])
-                command_times[name].append(seconds)
+                seconds, cpu, out = timed([sys.executable, *command, *common])
+                command_times[name][0].append(seconds)
+                command_times[name][1].append(cpu)
                 if name.startswith("comp_cos"):
                     inside.append(json.loads(out)["seconds"])
-            load_times.append(timed([sys.executable, "-c", LOAD_ONLY, str(checkpoint)])[0])
+            seconds, cpu, _ = timed([sys.executable, "-c", LOAD_ONLY, str(checkpoint)])
+            load_times[0].append(seconds)
+            load_times[1].append(cpu)
 
-        print(f"\n(b) import TensorFlow + load the model (subprocess): {summary(load_times)}")
+        print(f"\n(b) import TensorFlow + load the model (subprocess): {summary(load_times[0])}; "
+              f"CPU {min(load_times[1]):.2f} s min")
         for name, (_, frames) in commands.items():
-            compute = model_compute(checkpoint, config, frames, args.repeats)
-            a, b, c = min(command_times[name]), min(load_times), min(compute)
-            a_med, b_med, c_med = (statistics.median(t) for t in (command_times[name], load_times, compute))
-            ratio, ratio_med = (a - b) / c, (a_med - b_med) / c_med
+            compute, compute_cpu = model_compute(checkpoint, config, frames, args.repeats)
+            walls, cpus = command_times[name]
+            a, b, c = min(walls), min(load_times[0]), min(compute)
+            a_med, b_med, c_med = (statistics.median(t) for t in (walls, load_times[0], compute))
+            a_cpu, b_cpu, c_cpu = min(cpus), min(load_times[1]), min(compute_cpu)
+            ratio, ratio_med, ratio_cpu = (a - b) / c, (a_med - b_med) / c_med, (a_cpu - b_cpu) / c_cpu
             speech = sum(len(f) for f in frames) / 100
             print(f"\n== {name}: {len(frames)} utterances, {speech:.1f} s of voiced speech ==\n"
-                  f"(a) command (subprocess)      : {summary(command_times[name])}\n"
-                  f"(c) model compute, same frames: {summary(compute)}\n"
-                  f"a - b - c (the command's own overhead): {a - b - c:.2f} s\n"
-                  f"ratio (a - b) / c: {ratio:.2f} from minima, {ratio_med:.2f} from medians "
-                  f"(target <= {TARGET}: {'ok' if ratio <= TARGET else 'MISSED'})")
+                  f"(a) command (subprocess)      : {summary(walls)}; CPU {a_cpu:.2f} s min\n"
+                  f"(c) model compute, same frames: {summary(compute)}; CPU {c_cpu:.2f} s min\n"
+                  f"a - b - c (the command's own overhead): {a - b - c:.2f} s wall, "
+                  f"{a_cpu - b_cpu - c_cpu:.2f} s CPU\n"
+                  f"ratio (a - b) / c: {ratio:.2f} from wall minima (target <= {TARGET}: "
+                  f"{'ok' if ratio <= TARGET else 'MISSED'}), {ratio_med:.2f} from wall medians, "
+                  f"{ratio_cpu:.2f} in CPU seconds")
             if inside and name.startswith("comp_cos"):
                 print(f"    (comp_cos's own timer, features + embeddings: {min(inside):.2f} s min)")
         load = ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"

@@ -22,6 +22,7 @@ from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.config import Config
 from deep_speaker.corpus import Utterance, discover_utterances, id_in_shard, in_shard
 from deep_speaker.io_utils import atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
+from deep_speaker.locking import cache_lock
 from deep_speaker.parallel import map_jobs
 from deep_speaker.progress import progress_bar
 
@@ -48,6 +49,11 @@ class CacheSummary:
                 f"{self.wall_seconds:.1f} s wall, {rate:.1f} files/s")
 
 
+class CacheWriteError(OSError):
+    """Writing the cache failed (disk full, read-only folder, ...): the run stops,
+    since every later file would fail the same way; what was written stays."""
+
+
 def audio_cache_dir(cache_dir: str | Path) -> Path:
     return Path(cache_dir) / AUDIO_CACHE_DIR
 
@@ -55,7 +61,8 @@ def audio_cache_dir(cache_dir: str | Path) -> Path:
 def cache_utterance(utterance: Utterance, output_dir: Path, config: Config) -> dict:
     """Decode one file and write its cache pickle; returns an index row.
 
-    Raises AudioError (or OSError) with the reason when the file is unusable.
+    Raises AudioError (or OSError) with the reason when the file is unusable,
+    CacheWriteError when the pickle cannot be written.
     """
     trimmed = load_utterance(utterance.path, config)
     record = {
@@ -71,7 +78,12 @@ def cache_utterance(utterance: Utterance, output_dir: Path, config: Config) -> d
     # No fsync per utterance (it doubled the cost of small files): the rename
     # already keeps a killed run from leaving half a pickle; a power cut may
     # lose the last files, which the next --update_cache run simply redoes.
-    atomic_write_pickle(output_dir / utterance.cache_name, record, durable=False)
+    target = output_dir / utterance.cache_name
+    try:
+        atomic_write_pickle(target, record, durable=False)
+    except OSError as error:
+        raise CacheWriteError(error.errno, f"cannot write the audio cache ({error.strerror or error})",
+                              str(target)) from None
     return index_row(record, utterance.cache_name)
 
 
@@ -91,6 +103,8 @@ def _cache_one(job: tuple[Utterance, Path, Config]) -> tuple[Utterance, dict | N
     utterance, output_dir, config = job
     try:
         return utterance, cache_utterance(utterance, output_dir, config), None
+    except CacheWriteError:
+        raise  # not this file's fault: stop the run
     except (AudioError, OSError, ValueError) as error:
         return utterance, None, str(error).splitlines()[0] if str(error) else type(error).__name__
     except Exception as error:  # one bad file never kills a batch of thousands
@@ -98,7 +112,8 @@ def _cache_one(job: tuple[Utterance, Path, Config]) -> tuple[Utterance, dict | N
 
 
 def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, regenerate: bool,
-                      workers: int = 1, shard: tuple[int, int] | None = None, mic: int = 1) -> CacheSummary:
+                      workers: int = 1, shard: tuple[int, int] | None = None, mic: int = 1,
+                      lock_timeout: float | None = None) -> CacheSummary:
     """Cache every utterance found in `audio_dirs`.
 
     regenerate=True wipes `audio_cache_pkl/` (only it and its index) first; a
@@ -106,13 +121,27 @@ def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, rege
     a shard, regenerate wipes only that shard's pickles, so the N jobs of a job
     array never undo each other's work.
     regenerate=False (update) caches only the files not cached yet.
+
+    The run holds `deep_speaker.locking.cache_lock` (exclusive without a shard;
+    shared with the other shards plus its own shard's lock with one), so a second
+    run on the same cache waits for it, or gives up after `lock_timeout` seconds.
+    A write error (disk full, read-only folder) stops the run with CacheWriteError;
+    the files cached so far stay and a rerun resumes.
     """
     started = time.monotonic()
     cache_dir = Path(cache_dir)
-    output_dir = audio_cache_dir(cache_dir)
     utterances = [u for u in discover_utterances(audio_dirs, mic=mic) if in_shard(u, shard)]
     if not utterances:
         raise FileNotFoundError(f"no audio files (.wav .flac .ogg .mp3) found under {', '.join(map(str, audio_dirs))}")
+    with cache_lock(cache_dir, shard, timeout=lock_timeout, purpose="audio cache"):
+        summary = _build_locked(utterances, cache_dir, config, regenerate, workers, shard)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _build_locked(utterances: list[Utterance], cache_dir: Path, config: Config, regenerate: bool, workers: int,
+                  shard: tuple[int, int] | None) -> CacheSummary:
+    output_dir = audio_cache_dir(cache_dir)
     marker = output_dir / (REGENERATING_MARKER if shard is None
                            else f"{REGENERATING_MARKER}.shard-{shard[0]}-of-{shard[1]}")
     if regenerate and not marker.exists():
@@ -123,7 +152,7 @@ def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, rege
     output_dir.mkdir(parents=True, exist_ok=True)
     if regenerate:
         marker.touch()
-    remove_stale_temp_files(output_dir)
+    _remove_stale_temps(cache_dir, shard)
 
     summary = CacheSummary()
     todo = [u for u in utterances if not (output_dir / u.cache_name).exists()]
@@ -131,25 +160,44 @@ def build_audio_cache(audio_dirs, cache_dir: str | Path, config: Config, *, rege
     index_path = cache_dir / INDEX_DIR / f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}.tsv"
     index_path.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(u, output_dir, config) for u in todo]
-    with open(index_path, "a", encoding="utf-8") as index_file, \
-            progress_bar(total=len(jobs), desc="audio cache", unit="file") as bar:
-        chunksize = max(1, min(16, len(jobs) // (max(workers, 1) * 8)))
-        for utterance, row, error in map_jobs(_cache_one, jobs, workers, chunksize):
-            bar.update(1)
-            if error is not None:
-                summary.failed.append((str(utterance.path), error))
-                continue
-            summary.cached += 1
-            summary.audio_seconds += row["duration_s"]
-            index_file.write("\t".join(str(row[c]) for c in INDEX_COLUMNS) + "\n")
-            index_file.flush()
-    if index_path.stat().st_size == 0:
-        index_path.unlink()
+    try:
+        with open(index_path, "a", encoding="utf-8") as index_file, \
+                progress_bar(total=len(jobs), desc="audio cache", unit="file") as bar:
+            chunksize = max(1, min(16, len(jobs) // (max(workers, 1) * 8)))
+            for utterance, row, error in map_jobs(_cache_one, jobs, workers, chunksize):
+                bar.update(1)
+                if error is not None:
+                    summary.failed.append((str(utterance.path), error))
+                    continue
+                summary.cached += 1
+                summary.audio_seconds += row["duration_s"]
+                index_file.write("\t".join(str(row[c]) for c in INDEX_COLUMNS) + "\n")
+                index_file.flush()
+    finally:  # also when a write error stops the run: no empty index files
+        if index_path.exists() and index_path.stat().st_size == 0:
+            index_path.unlink()
     _write_failures(cache_dir, summary.failed, shard)
     if regenerate:
         marker.unlink(missing_ok=True)
-    summary.wall_seconds = time.monotonic() - started
     return summary
+
+
+def _remove_stale_temps(cache_dir: Path, shard: tuple[int, int] | None) -> None:
+    """Delete the temp files a killed run left. Without a shard this run holds
+    the cache alone, so every stage-1 temp file is stale; a shard removes only
+    its own shard's (the other shards, running now, are writing theirs)."""
+    output_dir = audio_cache_dir(cache_dir)
+    if shard is None:
+        remove_stale_temp_files(output_dir)
+        remove_stale_temp_files(cache_dir / INDEX_DIR)
+        stale = cache_dir.glob(f".{failures_path(cache_dir).name}.*.tmp")
+    else:
+        # temp names are .<utterance_id>.pkl.<random>.tmp (io_utils.atomic_write)
+        stale = [tmp for tmp in output_dir.glob(".*.pkl.*.tmp")
+                 if id_in_shard(tmp.name[1:].rsplit(".pkl.", 1)[0], shard)]
+        stale += list(cache_dir.glob(f".{failures_path(cache_dir, shard).name}.*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
 
 
 def _wipe_audio_cache(cache_dir: Path) -> None:
@@ -197,12 +245,15 @@ def read_cache_index(cache_dir: str | Path) -> dict[str, dict]:
     present = {p.name for p in output_dir.glob("*.pkl")}
     rows: dict[str, dict] = {}
     for index_file in sorted((cache_dir / INDEX_DIR).glob("*.tsv")):
-        for line in index_file.read_text(encoding="utf-8").splitlines():
+        for line in index_file.read_text(encoding="utf-8", errors="replace").splitlines():
             parts = line.split("\t")
             if len(parts) != len(INDEX_COLUMNS) or parts[0] not in present:
                 continue  # a half-written last line, or a pickle since removed
             row = dict(zip(INDEX_COLUMNS, parts))
-            row["duration_s"], row["voice_s"] = float(row["duration_s"]), float(row["voice_s"])
+            try:
+                row["duration_s"], row["voice_s"] = float(row["duration_s"]), float(row["voice_s"])
+            except ValueError:
+                continue  # a damaged line: the pickle is opened below instead
             rows[row["cache_file"]] = row
     missing = sorted(present - rows.keys())
     if missing:
@@ -234,13 +285,23 @@ REQUIRED_KEYS = ("filename", "speaker_id", "utterance_id", "sample_rate", "left_
 
 
 def load_cached_utterance(path: str | Path) -> dict:
-    """One cache pickle, checked: a dict with the keys above and float32 audio."""
+    """One cache pickle, checked: a dict with the keys above, string ids, a
+    positive integer rate and finite 1-D float audio; ValueError naming the file."""
     record = load_pickle(path)
     if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
         raise ValueError(f"{path}: not an audio cache record (missing keys)")
+    for key in ("filename", "speaker_id", "utterance_id"):
+        if not isinstance(record[key], str):
+            raise ValueError(f"{path}: not an audio cache record ({key} is not a string)")
+    rate = record["sample_rate"]
+    if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate <= 0:
+        raise ValueError(f"{path}: not an audio cache record (sample_rate {rate!r})")
     for key in ("audio", "audio_voice_only"):
-        if not isinstance(record[key], np.ndarray) or record[key].ndim != 1:
+        value = record[key]
+        if not isinstance(value, np.ndarray) or value.ndim != 1:
             raise ValueError(f"{path}: {key} is not a 1-D array")
+        if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: {key} is not finite floating-point audio")
     return record
 
 

@@ -77,16 +77,49 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
+        """Read a config.json (a sidecar that may come from elsewhere): JSON
+        object, known fields, right types, sane values; else ValueError naming
+        the file and the reason."""
         try:
-            values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"{path}: not a readable config JSON ({error})") from None
+            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+                raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
+            values = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
+            raise ValueError(f"{path}: not a readable config JSON ({type(error).__name__}: {error})") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path}: config JSON must be an object")
         try:
-            return cls.from_dict(values)
+            return cls.from_dict(values).validate()
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: {error}") from None
+
+    def validate(self) -> "Config":
+        """Check every value lies in its sane range; returns self.
+
+        >>> Config(width=0.125).validate().width
+        0.125
+        >>> Config(sample_rate_hz=0).validate()
+        Traceback (most recent call last):
+        ...
+        ValueError: config field 'sample_rate_hz' must lie in 1000..192000, got 0
+        """
+        for name, (low, high) in _RANGES.items():
+            value = getattr(self, name)
+            if not (low <= value <= high):  # also false for NaN
+                raise ValueError(f"config field {name!r} must lie in {low:g}..{high:g}, got {value!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"config field {name!r} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, name)!r}")
+        for factor in self.speed_perturbations:
+            if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.5 <= factor <= 2.0:
+                raise ValueError(f"config field 'speed_perturbations' holds {factor!r}; factors lie in 0.5..2")
+        if not all(isinstance(name, str) for name in self.speakers):
+            raise ValueError("config field 'speakers' must be a list of strings")
+        if self.frame_length_samples < 1 or self.frame_shift_samples < 1:
+            raise ValueError("config: frame_length_ms and frame_shift_ms give less than one sample "
+                             f"at {self.sample_rate_hz} Hz")
+        return self
 
     def override(self, **overrides: Any) -> "Config":
         """A copy with some fields replaced; unknown names and wrong types are errors.
@@ -118,6 +151,24 @@ class Config:
         """The settings a cache and a checkpoint must agree on."""
         return {name: getattr(self, name) for name in FEATURE_FIELDS}
 
+
+MAX_CONFIG_BYTES = 1 << 24  # a config.json of a million speakers is still far smaller
+# Inclusive bounds of the numeric fields: wide enough for any real setting,
+# narrow enough that a corrupt or hostile config.json cannot divide by zero,
+# allocate without limit or carry NaN into the features.
+_RANGES = {
+    "sample_rate_hz": (1000, 192000), "trim_percentile": (0.0, 100.0), "trim_top_db": (0.1, 200.0),
+    "min_voice_ms": (0.0, 60000.0), "num_fbanks": (1, 512), "frame_length_ms": (1.0, 1000.0),
+    "frame_shift_ms": (1.0, 1000.0), "fft_size": (16, 65536), "preemphasis": (0.0, 1.0),
+    "test_fraction": (0.0, 0.99), "split_seed": (-2 ** 63, 2 ** 63 - 1), "width": (1e-4, 100.0),
+    "embedding_dim": (1, 65536), "clipped_relu_max": (1e-6, 1e6), "weight_decay": (0.0, 1.0),
+    "am_scale": (1e-3, 1e4), "am_margin": (0.0, 10.0), "frames": (1, 10_000_000), "batch_size": (1, 1_000_000),
+    "epochs": (0, 1_000_000), "steps_per_epoch": (1, 100_000_000), "lr": (1e-12, 1e6),
+    "triplet_margin": (0.0, 1e6), "hard_pool_size": (1, 1_000_000), "hard_refresh_steps": (1, 100_000_000),
+    "eval_utterances": (1, 100_000_000), "eval_frames": (1, 10_000_000), "seed": (-2 ** 63, 2 ** 63 - 1),
+}
+_CHOICES = {"trim": ("percentile", "energy"), "head": ("softmax", "amsoftmax"),
+            "lr_schedule": ("constant", "cosine"), "negatives": ("hard", "random")}
 
 FEATURE_FIELDS = ("sample_rate_hz", "num_fbanks", "frame_length_ms", "frame_shift_ms", "fft_size", "preemphasis")
 

@@ -41,22 +41,22 @@ class CosineDense(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def _conv(x, filters, kernel, strides, name, config):
+def _conv(x, filters, kernel, strides, name, config, synchronized):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                       kernel_initializer="glorot_uniform",
                       kernel_regularizer=keras.regularizers.L2(config.weight_decay), name=name)(x)
-    return layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.BatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
 
 
 def _clipped_relu(x, name, config):
     return layers.ReLU(max_value=config.clipped_relu_max, name=name)(x)
 
 
-def _residual_block(x, filters, name, config):
+def _residual_block(x, filters, name, config, synchronized):
     shortcut = x
-    x = _conv(x, filters, 3, 1, f"{name}_conv1", config)
+    x = _conv(x, filters, 3, 1, f"{name}_conv1", config, synchronized)
     x = _clipped_relu(x, f"{name}_relu1", config)
-    x = _conv(x, filters, 3, 1, f"{name}_conv2", config)
+    x = _conv(x, filters, 3, 1, f"{name}_conv2", config, synchronized)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return _clipped_relu(x, f"{name}_relu2", config)
 
@@ -72,8 +72,12 @@ def stage_filters(width: float) -> list[int]:
     return [max(1, int(round(f * width))) for f in STAGE_FILTERS]
 
 
-def build_rescnn(config: Config) -> keras.Model:
+def build_rescnn(config: Config, synchronized_batch_norm: bool = False) -> keras.Model:
     """The ResCNN embedding model: (batch, frames, num_fbanks, 1) -> (batch, embedding_dim).
+
+    synchronized_batch_norm: batch statistics over all replicas of a
+    distribution strategy, so every replica (and worker) keeps the same moving
+    statistics; training uses it when there is more than one replica.
 
     >>> import numpy as np
     >>> model = build_rescnn(Config(width=0.125))
@@ -83,10 +87,10 @@ def build_rescnn(config: Config) -> keras.Model:
     inputs = keras.Input(shape=(None, config.num_fbanks, 1), name="fbank")
     x = inputs
     for stage, filters in enumerate(stage_filters(config.width), start=1):
-        x = _conv(x, filters, 5, 2, f"conv{stage}", config)
+        x = _conv(x, filters, 5, 2, f"conv{stage}", config, synchronized_batch_norm)
         x = _clipped_relu(x, f"conv{stage}_relu", config)
         for block in range(1, RES_BLOCKS_PER_STAGE + 1):
-            x = _residual_block(x, filters, f"res{stage}{'abc'[block - 1]}", config)
+            x = _residual_block(x, filters, f"res{stage}{'abc'[block - 1]}", config, synchronized_batch_norm)
     # Four stride-2 stages leave num_fbanks/16 frequency bins: fold them into channels.
     frequency_bins = -(-config.num_fbanks // 16)
     x = layers.Reshape((-1, frequency_bins * stage_filters(config.width)[-1]), name="fold_frequency")(x)
@@ -100,12 +104,12 @@ def build_rescnn(config: Config) -> keras.Model:
 MODEL_BUILDERS = {"rescnn": build_rescnn}
 
 
-def build_embedding_model(config: Config) -> keras.Model:
+def build_embedding_model(config: Config, synchronized_batch_norm: bool = False) -> keras.Model:
     try:
         builder = MODEL_BUILDERS[config.model_name]
     except KeyError:
         raise ValueError(f"unknown model {config.model_name!r}; choose one of {sorted(MODEL_BUILDERS)}") from None
-    return builder(config)
+    return builder(config, synchronized_batch_norm=synchronized_batch_norm)
 
 
 def attach_head(embedding_model: keras.Model, num_speakers: int, config: Config) -> keras.Model:

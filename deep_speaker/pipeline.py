@@ -66,10 +66,17 @@ class PipelineReport:
 
 
 def _call(main, argv: list[str], what: str) -> None:
+    """Run one step's command; a failed step (it has printed its own error line)
+    stops the pipeline with one more line, never a traceback."""
+    from deep_speaker.commands.common import CommandError
+
     log.info("%s: %s", what, " ".join(argv))
-    status = main(argv)
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # a usage error inside a step
+        status = exit_.code
     if status:
-        raise RuntimeError(f"{what} failed (exit {status}); command: {' '.join(argv)}")
+        raise CommandError(f"{what} failed (exit {status}); command: {' '.join(argv)}")
 
 
 def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, download: bool = False) -> PipelineReport:

@@ -95,6 +95,12 @@ class Embedder:
         model = load_checkpoint(resolved.path)
         if isinstance(model.output, (list, tuple)) or len(model.outputs) > 1:
             model = embedding_part(model)
+        expected = (None, None, self.config.num_fbanks, 1)
+        shape = tuple(model.input.shape) if not isinstance(model.input, (list, tuple)) else None
+        if shape is None or len(shape) != 4 or shape[2:] != expected[2:] or len(model.output.shape) != 2:
+            raise ScoringError(f"{resolved.path}: model takes input {shape} and gives {tuple(model.output.shape)}, "
+                               f"but its config.json describes {self.config.num_fbanks} filterbanks "
+                               f"(input {expected}); not a deep-speaker embedding model with this config")
         self.model = model
         self.embedding_dim = int(model.output.shape[-1])
         spec = tf.TensorSpec((1, None, self.config.num_fbanks, 1), tf.float32)
@@ -108,7 +114,13 @@ class Embedder:
             if len(frames) < MIN_SCORING_FRAMES:
                 raise ScoringError(f"utterance of {len(frames)} frames: at least {MIN_SCORING_FRAMES} frames "
                                    f"({min_scoring_speech_ms(self.config):.0f} ms of speech) are needed")
-            rows.append(self._embed_one(frames[None, :, :, None].astype(np.float32)).numpy()[0])
+            row = self._embed_one(frames[None, :, :, None].astype(np.float32)).numpy()[0]
+            norm = float(np.linalg.norm(row))
+            if not (np.all(np.isfinite(row)) and abs(norm - 1.0) < 1e-3):
+                raise ScoringError(f"the model gave no usable embedding (norm {norm:.3g} instead of 1): the "
+                                   f"utterance's features carry no varying signal (e.g. an exactly periodic "
+                                   f"or constant sound)")
+            rows.append(row)
         return np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
 
     def file_features(self, path: str | Path) -> np.ndarray:
@@ -171,11 +183,18 @@ def cached_features(speaker: CachedSpeaker, config: Config, max_utterances: int,
         files = [files[i] for i in sorted(chosen)]
     features = []
     for path in files:
-        record = load_cached_utterance(path)
+        try:
+            record = load_cached_utterance(path)
+        except ValueError as error:  # refused (unsafe) or damaged pickle: say so, score the others
+            log.warning("%s; utterance left out", error)
+            continue
         if record["sample_rate"] != config.sample_rate_hz:
             raise ScoringError(f"{path}: cached at {record['sample_rate']} Hz but the model expects "
                                f"{config.sample_rate_hz} Hz features; rebuild the cache or use a matching model")
         features.append(utterance_features(record["audio_voice_only"], config))
+    if not features:
+        raise ScoringError(f"speaker {speaker.speaker_id}: none of its {len(files)} cached utterance(s) could be "
+                           f"read (see the warnings above); rebuild the cache with preprocess.py")
     return features
 
 

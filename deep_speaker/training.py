@@ -109,15 +109,35 @@ class StageFolder:
         if not self.state.exists():
             return None
         try:
-            state = json.loads(self.state.read_text())
-        except json.JSONDecodeError as error:
-            raise TrainingError(f"{self.state}: corrupt state file ({error}); rerun with --restart") from None
-        if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+            state = json.loads(self.state.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
+            raise TrainingError(f"{self.state}: corrupt state file ({type(error).__name__}: {error}); "
+                                f"rerun with --restart") from None
+        epoch = state.get("epoch") if isinstance(state, dict) else None
+        best = state.get("best", {}) if isinstance(state, dict) else None
+        if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or not isinstance(best, dict)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values())):
             raise TrainingError(f"{self.state}: not a training state file; rerun with --restart")
         return state
 
     def write_state(self, state: dict) -> None:
         atomic_write_text(self.state, json.dumps(state, indent=2, sort_keys=True))
+
+    def uncommitted(self, epoch: int) -> dict[Path, Path]:
+        """Checkpoint files of `epoch` written before state.json records it,
+        each with the name it takes once it does."""
+        return {self.path / f".uncommitted.epoch{epoch}.{final.name}": final
+                for final in (self.last, self.last_optimizer, self.best)}
+
+    def commit(self, epoch: int) -> None:
+        """Give the files of `epoch` (the one state.json records) their final
+        names and drop those of any later epoch, so a run killed after writing
+        an epoch's files but before recording it resumes from the recorded one."""
+        for uncommitted, final in self.uncommitted(epoch).items():
+            if uncommitted.exists():
+                os.replace(uncommitted, final)
+        for stale in self.path.glob(".uncommitted.epoch*"):
+            stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> keras.Model:
@@ -161,6 +181,7 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
     folder.path.mkdir(parents=True, exist_ok=True)
 
     state = folder.read_state()
+    folder.commit(state["epoch"] if state is not None else 0)
     if state is not None:
         saved = Config.load(folder.config)
         _check_architecture(config, saved, folder.config)
@@ -192,7 +213,9 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
     config.save(folder.config)
 
     trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank)
-    history = _read_history(folder.history) if state is not None else []
+    # Rows of an epoch that was written but not recorded in state.json are redone.
+    history = ([row for row in _read_history(folder.history) if row["epoch"] <= state["epoch"]]
+               if state is not None else [])
     best = state.get("best", {}) if state is not None else {}
     first_epoch = state["epoch"] + 1 if state is not None else 1
     writer = tf.summary.create_file_writer(str(folder.tensorboard)) if is_chief else None
@@ -219,8 +242,13 @@ def _learning_rate(config: Config):
 
 
 def _build_stage_model(stage, config, checkpoint_dir, folder, state):
-    """The training model and its embedding part, with the right starting weights."""
-    embedding_model = build_embedding_model(config)
+    """The training model and its embedding part, with the right starting weights.
+
+    Built in the strategy's scope. With several replicas, batch normalisation
+    uses the statistics of the global batch: replicas that each kept moving
+    statistics of their own batches would save different models."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    embedding_model = build_embedding_model(config, synchronized_batch_norm=replicas > 1)
     if stage == "triplet":
         model = embedding_model
     else:
@@ -290,13 +318,17 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def _save_epoch(folder, model, optimizer, config, history, best, epoch, improved, writer, row) -> None:
-    """Checkpoint after an epoch: files first, state last, so a kill between
-    them only repeats the epoch."""
-    _save_model(model, folder.last)
-    atomic_save_npz(folder.last_optimizer, **{f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
+    """Checkpoint after an epoch. The model and optimizer files are written
+    under temporary names, state.json records the epoch, and only then do they
+    replace last.keras, last_optimizer.npz and best.keras: a kill at any point
+    leaves the files of the recorded epoch, so a rerun repeats the unrecorded
+    epoch from the same weights and optimizer state (and gets the same result)."""
+    uncommitted = {final: path for path, final in folder.uncommitted(epoch).items()}
+    model.save(uncommitted[folder.last])
+    atomic_save_npz(uncommitted[folder.last_optimizer],
+                    **{f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
     if improved:
-        shutil.copyfile(folder.last, folder.best.with_suffix(".keras.tmp"))
-        os.replace(folder.best.with_suffix(".keras.tmp"), folder.best)
+        shutil.copyfile(uncommitted[folder.last], uncommitted[folder.best])
     buffer = io.StringIO()
     table = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
     table.writeheader()
@@ -316,13 +348,7 @@ def _save_epoch(folder, model, optimizer, config, history, best, epoch, improved
     except Exception as error:  # a plot must never stop training
         log.warning("training curves not plotted: %s", error)
     folder.write_state({"epoch": epoch, "best": best, "epochs": config.epochs, "history": str(folder.history)})
-
-
-def _save_model(model: keras.Model, path: Path) -> None:
-    """Keras writes .keras files in place; write to a temp name and rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    folder.commit(epoch)
 
 
 class _Trainer:
@@ -388,14 +414,19 @@ class _Trainer:
     def train_epoch(self, epoch: int) -> dict:
         config = self.config
         first_step = (epoch - 1) * config.steps_per_epoch
-        if self._iterator is None or self._iterator_step != first_step:
+        mining = self.similarity is not None
+        if not mining and (self._iterator is None or self._iterator_step != first_step):
             self._iterator = self._dataset(first_step)
         losses, correct = [], 0.0
         examples_per_step = self.global_batch
         with progress_bar(total=config.steps_per_epoch, desc=f"{self.stage} epoch {epoch}", unit="step") as bar:
             for step in range(config.steps_per_epoch):
-                if self.similarity is not None and step % config.hard_refresh_steps == 0:
+                if mining and step % config.hard_refresh_steps == 0:
                     self._refresh_similarity(first_step + step)
+                    # Batches prefetched before the refresh chose their negatives with
+                    # the old similarities: a new iterator makes every batch depend on
+                    # (seed, step, model) only, as in a run resumed at this step.
+                    self._iterator = self._dataset(first_step + step)
                 loss, hits = self._step(self._iterator)
                 losses.append(float(loss))
                 correct += float(hits)

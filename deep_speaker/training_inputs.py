@@ -7,6 +7,12 @@ utterance, per-utterance normalised: see `deep_speaker.features`), ``speaker_id`
 the seed's format), the utterance ids of each part and the feature settings.
 ``<cache>/full_inputs.pkl`` maps every speaker to that same dict; it is written
 speaker by speaker so memory stays flat in the number of speakers.
+
+The pickles hold only data derived from the cache contents, so the same cache
+gives bit-identical inputs. What decides whether a speaker is up to date (names,
+sizes and modification times of its cached files, and the settings) is kept in a
+text sidecar beside each pickle, ``<speaker>.pkl.sig`` (and ``full_inputs.pkl.sig``):
+written after its pickle, so a run killed in between just redoes that file.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from deep_speaker.config import Config
 from deep_speaker.corpus import default_unseen_speakers
 from deep_speaker.features import compute_fbank, normalize_utterance
 from deep_speaker.io_utils import atomic_write, atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
+from deep_speaker.locking import cache_lock
 from deep_speaker.parallel import map_jobs
 from deep_speaker.progress import progress_bar
 
@@ -33,6 +40,13 @@ log = logging.getLogger(__name__)
 
 INPUTS_DIR = "inputs"
 FULL_INPUTS = "full_inputs.pkl"
+FAILURES = "inputs_failures.tsv"
+SIGNATURE_SUFFIX = ".sig"  # <inputs pickle>.sig: the signature it was made from
+
+
+class InputsWriteError(OSError):
+    """Writing the inputs failed (disk full, read-only folder, ...): the stage
+    stops, and the inputs written before, by this or an earlier run, stay."""
 
 
 @dataclass
@@ -110,7 +124,6 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
         "mean_train": stacked.mean(axis=0).astype(np.float32),
         "std_train": stacked.std(axis=0).astype(np.float32),
         "feature_settings": config.feature_settings(),
-        "source_signature": _signature(cache_files, config, speed),
     }
 
 
@@ -125,13 +138,38 @@ def _signature(cache_files: list[Path], config: Config, speed: float) -> str:
     return digest.hexdigest()
 
 
+def signature_path(path: Path) -> Path:
+    return path.with_name(path.name + SIGNATURE_SUFFIX)
+
+
 def _is_up_to_date(path: Path, signature: str) -> bool:
-    if not path.exists():
+    """The pickle exists, was made from `signature`, and loads as inputs (a
+    refused or damaged pickle is reported, then rebuilt)."""
+    try:
+        if not path.exists() or signature_path(path).read_text().strip() != signature:
+            return False
+    except (OSError, ValueError):
         return False
     try:
-        return load_pickle(path).get("source_signature") == signature
-    except (ValueError, AttributeError):
+        load_inputs_file(path)
+    except ValueError as error:
+        log.warning("%s; rebuilding it", error)
         return False
+    return True
+
+
+def _write_with_signature(path: Path, write, signature: str, stamp: bool = False) -> None:
+    """The pickle first, its signature last; OSError becomes InputsWriteError.
+
+    A run stopped in between leaves the old signature, which no longer matches
+    (that is why the file was being rebuilt), so the next run rebuilds it again.
+    """
+    try:
+        write()
+        atomic_write_text(signature_path(path), signature + (f" {_file_stamp(path)}" if stamp else "") + "\n")
+    except OSError as error:
+        raise InputsWriteError(error.errno, f"cannot write training inputs ({error.strerror or error})",
+                               str(error.filename or path)) from None
 
 
 def _speaker_job(job: tuple[str, list[Path], Path, Config, float]) -> tuple[str, str, int, str | None]:
@@ -139,25 +177,40 @@ def _speaker_job(job: tuple[str, list[Path], Path, Config, float]) -> tuple[str,
     base_speaker, cache_files, output_path, config, speed = job
     speaker_id = perturbed_speaker_id(base_speaker, speed)
     try:
-        if _is_up_to_date(output_path, _signature(cache_files, config, speed)):
+        signature = _signature(cache_files, config, speed)
+        if _is_up_to_date(output_path, signature):
             return speaker_id, "skipped", 0, None
         inputs = speaker_inputs(base_speaker, cache_files, config, speed)
-        atomic_write_pickle(output_path, inputs)
-        return speaker_id, "written", sum(len(f) for f in inputs["train"] + inputs["test"]), None
     except Exception as error:  # one bad speaker never stops the others
         output_path.unlink(missing_ok=True)  # no stale inputs from an older cache: it is left out everywhere
+        signature_path(output_path).unlink(missing_ok=True)
         return speaker_id, "failed", 0, str(error).splitlines()[0] if str(error) else type(error).__name__
+    # A write error is no fault of this speaker: it stops the stage (InputsWriteError).
+    _write_with_signature(output_path, lambda: atomic_write_pickle(output_path, inputs), signature)
+    return speaker_id, "written", sum(len(f) for f in inputs["train"] + inputs["test"]), None
 
 
 def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_speakers=None,
-                             workers: int = 1) -> InputsSummary:
+                             workers: int = 1, lock_timeout: float | None = None) -> InputsSummary:
     """Write the inputs pickles of every training speaker, then full_inputs.pkl.
 
     unseen_speakers=None applies the default (VCTK's four held-out speakers for
-    VCTK ids, nobody otherwise); pass [] to train on everyone.
+    VCTK ids, nobody otherwise); pass [] to train on everyone. The stage holds
+    the cache's exclusive lock (`deep_speaker.locking`): it waits for audio-cache
+    runs on the same folder (shards included), or gives up after `lock_timeout` s.
+    A write error stops it with InputsWriteError, leaving earlier files intact.
     """
     started = time.monotonic()
     cache_dir = Path(cache_dir)
+    if not audio_cache_dir(cache_dir).is_dir():
+        read_cache_index(cache_dir)  # the clear "no audio cache" error, without creating the folder
+    with cache_lock(cache_dir, timeout=lock_timeout, purpose="training inputs"):
+        summary = _generate_locked(cache_dir, config, unseen_speakers, workers)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: int) -> InputsSummary:
     by_speaker = speakers_in_cache(read_cache_index(cache_dir))
     if not by_speaker:
         raise FileNotFoundError(f"{audio_cache_dir(cache_dir)}: audio cache is empty")
@@ -169,7 +222,10 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
     summary = InputsSummary(unseen=sorted(set(unseen_speakers) & by_speaker.keys()))
     inputs_dir = cache_dir / INPUTS_DIR
     inputs_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(inputs_dir)
+    remove_stale_temp_files(inputs_dir)  # what a killed run left; this run holds the cache alone
+    for name in (FULL_INPUTS, FULL_INPUTS + SIGNATURE_SUFFIX, FAILURES):
+        for tmp in cache_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
     training_speakers = [s for s in by_speaker if s not in set(unseen_speakers)]
     speeds = [1.0] + [float(f) for f in config.speed_perturbations if float(f) != 1.0]
     entries = [(s, speed) for s in training_speakers for speed in speeds]
@@ -179,6 +235,9 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
         if stale.stem not in training:
             stale.unlink()
             removed += 1
+    for stale in inputs_dir.glob(f"*.pkl{SIGNATURE_SUFFIX}"):
+        if not stale.with_suffix("").exists():
+            stale.unlink()
     source_dir = audio_cache_dir(cache_dir)
     jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{perturbed_speaker_id(s, speed)}.pkl", config,
              speed) for s, speed in entries]
@@ -193,12 +252,39 @@ def generate_training_inputs(cache_dir: str | Path, config: Config, *, unseen_sp
                 summary.written += 1
                 summary.frames += frames
     done = [s for s in training if s not in {f for f, _ in summary.failed}]
-    if summary.written or removed or summary.failed or not (cache_dir / FULL_INPUTS).exists():
-        write_full_inputs(cache_dir / FULL_INPUTS, [inputs_dir / f"{s}.pkl" for s in done])
+    speaker_files = [inputs_dir / f"{s}.pkl" for s in done]
+    full_path = cache_dir / FULL_INPUTS
+    signature = _full_signature(speaker_files)
+    if not (full_path.exists() and _read_signature(full_path) == f"{signature} {_file_stamp(full_path)}"):
+        if full_path.exists() and (_read_signature(full_path) or "").split(" ")[0] == signature:
+            log.warning("%s changed since this stage wrote it; writing it again", full_path)
+        # The sidecar also records the written file's size and time, so a
+        # replaced full_inputs.pkl (which nothing here reads) is rewritten.
+        _write_with_signature(full_path, lambda: write_full_inputs(full_path, speaker_files), signature,
+                              stamp=True)
     lines = ["speaker\treason"] + [f"{s}\t{r}" for s, r in summary.failed]
-    atomic_write_text(cache_dir / "inputs_failures.tsv", "\n".join(lines) + "\n")
-    summary.wall_seconds = time.monotonic() - started
+    atomic_write_text(cache_dir / FAILURES, "\n".join(lines) + "\n")
     return summary
+
+
+def _full_signature(speaker_files: list[Path]) -> str:
+    """Changes when the set of speakers or any speaker's inputs change."""
+    digest = hashlib.sha1()
+    for path in speaker_files:
+        digest.update(f"{path.name}:{_read_signature(path)};".encode())
+    return digest.hexdigest()
+
+
+def _file_stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _read_signature(path: Path) -> str | None:
+    try:
+        return signature_path(path).read_text().strip()
+    except (OSError, ValueError):
+        return None
 
 
 def _preview(names, limit: int = 20) -> str:
@@ -218,7 +304,7 @@ def write_full_inputs(path: Path, speaker_files: list[Path]) -> None:
     def write(handle):
         handle.write(pickle.PROTO + bytes([3]) + pickle.EMPTY_DICT)
         for speaker_file in speaker_files:
-            inputs = load_pickle(speaker_file)
+            inputs = load_inputs_file(speaker_file)
             for part in (inputs["speaker_id"], inputs):
                 body = pickle.dumps(part, protocol=3)
                 handle.write(body[2:-1])  # drop this part's PROTO header and STOP
@@ -238,6 +324,39 @@ def load_inputs(cache_dir: str | Path, speakers=None) -> dict[str, dict]:
     for path in files:
         if speakers is not None and path.stem not in speakers:
             continue
-        inputs = load_pickle(path)
+        inputs = load_inputs_file(path)
         loaded[inputs["speaker_id"]] = inputs
     return loaded
+
+
+def load_full_inputs(cache_dir: str | Path) -> dict[str, dict]:
+    """``<cache>/full_inputs.pkl`` ({speaker_id: inputs dict}), the seed's
+    all-in-one file, read through the restricted unpickler: use this rather
+    than pickle.load on a cache from elsewhere. Raises ValueError naming the file."""
+    path = Path(cache_dir) / FULL_INPUTS
+    full = load_pickle(path)
+    if not isinstance(full, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in full.items()):
+        raise ValueError(f"{path}: not a full_inputs file ({{speaker_id: inputs}} expected)")
+    return full
+
+
+def load_inputs_file(path: str | Path) -> dict:
+    """One ``inputs/<speaker>.pkl`` through the restricted unpickler, checked: a
+    dict with a string speaker_id and train/test lists of finite 2-D float
+    arrays. Raises ValueError naming the file (UnsafePickleError when refused)."""
+    inputs = load_pickle(path)
+    if not isinstance(inputs, dict) or not isinstance(inputs.get("speaker_id"), str):
+        raise ValueError(f"{path}: not a training inputs file (no speaker_id)")
+    for part in ("train", "test"):
+        frames = inputs.get(part)
+        if not isinstance(frames, list):
+            raise ValueError(f"{path}: not a training inputs file ({part} is not a list)")
+        for item in frames:
+            if (not isinstance(item, np.ndarray) or item.ndim != 2 or item.dtype.kind != "f"
+                    or not np.all(np.isfinite(item))):
+                raise ValueError(f"{path}: not a training inputs file ({part} holds something other than "
+                                 f"finite 2-D float features)")
+    settings = inputs.get("feature_settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"{path}: not a training inputs file (feature_settings is not a dict)")
+    return inputs

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deep Speaker scoringing (see deep_speaker/commands/comp_cos.py)."""
+"""Deep Speaker scoring (see deep_speaker/commands/comp_cos.py)."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deep Speaker evaluationing (see deep_speaker/commands/evaluate.py)."""
+"""Deep Speaker evaluation (see deep_speaker/commands/evaluate.py)."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deep Speaker model exporting (see deep_speaker/commands/export_model.py)."""
+"""Deep Speaker model export (see deep_speaker/commands/export_model.py)."""
 import sys
 from pathlib import Path
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deep Speaker scoringing (see deep_speaker/commands/get_emb.py)."""
+"""Deep Speaker embeddings (see deep_speaker/commands/get_emb.py)."""
 import sys
 from pathlib import Path
 

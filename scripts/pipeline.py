@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deep Speaker end-to-end pipelineing (see deep_speaker/commands/pipeline.py)."""
+"""Deep Speaker end-to-end pipeline (see deep_speaker/commands/pipeline.py)."""
 import sys
 from pathlib import Path
 

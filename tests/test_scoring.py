@@ -25,6 +25,8 @@ from deep_speaker.scoring import (CachedSpeaker, ScoringError, cached_features, 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = Config(width=0.125)
 CACHED_SPEAKERS = 15  # vctk-mini's 14 speakers + PhilippeRemy
+# Keras 3.15 on numpy 2 warns from inside its own predict/convert code.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
 # --- session fixtures: one tiny model, one cache ----------------------------------------------

@@ -27,8 +27,20 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (no usage block), exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"error: {_one_line(message)} (see {self.prog} --help)\n")
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=_HelpFormatter)
+    return _Parser(description=description, formatter_class=_HelpFormatter)
+
+
+def _one_line(text) -> str:
+    """A message on one line: an exception text may span several."""
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
 def comma_list(text: str) -> list[str]:
@@ -85,11 +97,11 @@ def run(body, argv=None) -> int:
     try:
         return body(argv) or 0
     except (CommandError, AudioError, FileNotFoundError, ValueError, PermissionError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:  # disk full, read-only folder, ...
-        print(f"error: {error.filename or ''}: {error.strerror or error}".replace("error: : ", "error: "),
-              file=sys.stderr)
+        message = f"{error.filename or ''}: {error.strerror or error}".removeprefix(": ")
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,9 @@ def _main(argv) -> int:
     paths = expand_files(args.get_embeddings)
     embeddings, ok, failed = embed_many_files(embedder, paths)
     for path, reason in failed:
-        print(f"skipped {path}: {reason}", file=__import__("sys").stderr)
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not ok:
+        raise CommandError(f"none of the {len(paths)} file(s) could be embedded; nothing written")
     if args.output:
         written = write_embeddings(args.output, embeddings, ok, failed)
         print(f"{len(ok)} embeddings ({embeddings.shape[1]}-d) written to {', '.join(map(str, written))}"
@@ -86,6 +89,4 @@ def _main(argv) -> int:
         with np.printoptions(threshold=np.inf, precision=6, suppress=True, linewidth=np.inf):
             for path, row in zip(ok, embeddings):
                 print(f"{path}\t{row}")
-    if not ok:
-        raise CommandError(f"none of the {len(paths)} file(s) could be embedded")
     return 0

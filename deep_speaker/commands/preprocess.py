@@ -1,6 +1,8 @@
 """preprocess.py: stage 1 (audio cache) and stage 2 (training inputs)."""
 from __future__ import annotations
 
+import contextlib
+
 from deep_speaker.commands.common import (comma_floats, DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
                                           positive_int, run, setup_logging)
 
@@ -32,8 +34,24 @@ def build_parser():
                         "none for other corpora)")
     p.add_argument("--speed_perturb", type=comma_floats, default=[], metavar="F1,F2",
                    help="training inputs: add speed-perturbed pseudo-speakers <speaker>-sp<F>, e.g. 0.9,1.1")
+    p.add_argument("--lock_timeout", type=non_negative_float, default=None, metavar="SECONDS",
+                   help="when another run is working on the same cache folder, give up after this many seconds "
+                        "(default: wait until it finishes; --shard runs of one job array do not wait for each other)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
+
+
+def non_negative_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds, at least 0")
+    return value
 
 
 def main(argv=None) -> int:
@@ -47,22 +65,35 @@ def _main(argv) -> int:
         p.error("choose --regenerate_full_cache, --update_cache and/or --generate_training_inputs")
     setup_logging(args.verbose)
 
-    from deep_speaker.audio_cache import build_audio_cache, failures_path
     from deep_speaker.config import Config
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
-    from deep_speaker.training_inputs import generate_training_inputs
 
     config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb)
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.generate_training_inputs:
         raise CommandError("--shard splits the audio cache only; run --generate_training_inputs once, unsharded")
-    status = 0
+    both = (args.regenerate_full_cache or args.update_cache) and args.generate_training_inputs
+    with contextlib.ExitStack() as stack:
+        if both:  # hold the cache for both stages: no other run may slip in between them
+            from deep_speaker.locking import cache_lock
+
+            if not args.audio_dir:
+                _default_audio_dirs()  # "corpus not found" before the cache folder is made
+            stack.enter_context(cache_lock(args.cache_output_dir, timeout=args.lock_timeout, purpose="preprocess"))
+        _stages(args, config, workers, shard)
+    return 0
+
+
+def _stages(args, config, workers, shard) -> None:
+    from deep_speaker.audio_cache import build_audio_cache, failures_path
+    from deep_speaker.training_inputs import generate_training_inputs
+
     if args.regenerate_full_cache or args.update_cache:
         audio_dirs = args.audio_dir or _default_audio_dirs()
         summary = build_audio_cache(audio_dirs, args.cache_output_dir, config, regenerate=args.regenerate_full_cache,
-                                    workers=workers, shard=shard, mic=args.mic)
+                                    workers=workers, shard=shard, mic=args.mic, lock_timeout=args.lock_timeout)
         print(summary.line())
         if summary.failed:
             print(f"failures listed in {failures_path(args.cache_output_dir, shard)}")
@@ -71,11 +102,10 @@ def _main(argv) -> int:
                                f"(see {failures_path(args.cache_output_dir, shard)})")
     if args.generate_training_inputs:
         summary = generate_training_inputs(args.cache_output_dir, config, unseen_speakers=args.unseen_speakers,
-                                           workers=workers)
+                                           workers=workers, lock_timeout=args.lock_timeout)
         print(summary.line())
         if summary.written == 0 and summary.skipped == 0:
             raise CommandError("no speaker's training inputs could be written (see inputs_failures.tsv)")
-    return status
 
 
 def _default_audio_dirs() -> list[str]:

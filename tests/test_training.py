@@ -1,0 +1,387 @@
+"""train_cli.py end to end on a tiny real-speech cache: the three stages, their
+checkpoints, resume after a kill, determinism, and the distribution strategies.
+
+Everything runs at width 0.125 on 64-frame windows with a handful of steps;
+most of the time goes into tracing the training step once per run.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from unittest.mock import ANY
+
+import keras
+import numpy as np
+import pytest
+
+from deep_speaker.commands import preprocess, train_cli
+from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LIBRISPEECH = REPO_ROOT.parent / "shared" / "data" / "librispeech" / "train-clean-100"
+# Three speakers with three utterances each, three with a single long one.
+UTTERANCES = {
+    "19": ("19/198/19-198-0000.flac", "19/198/19-198-0008.flac", "19/198/19-198-0037.flac"),
+    "26": ("26/495/26-495-0019.flac", "26/495/26-495-0020.flac", "26/496/26-496-0026.flac"),
+    "27": ("27/124992/27-124992-0026.flac", "27/124992/27-124992-0062.flac", "27/124992/27-124992-0073.flac"),
+    "32": ("32/21625/32-21625-0000.flac",),
+    "39": ("39/121914/39-121914-0000.flac",),
+    "40": ("40/121026/40-121026-0000.flac",),
+}
+SPEAKERS = sorted(UTTERANCES)
+SMALL = ["--width", "0.125", "--frames", "64", "--batch_size", "8", "--seed", "7"]
+SOFTMAX = ["--loss_on_softmax", *SMALL, "--steps_per_epoch", "12", "--epochs", "3"]
+TRIPLET = ["--loss_on_embeddings", "--normalize_embeddings", *SMALL, "--steps_per_epoch", "6"]
+FROZEN = ["--loss_on_softmax", "--freeze_embedding_weights", "--normalize_embeddings", *SMALL,
+          "--steps_per_epoch", "6"]
+SUBPROCESS_TIMEOUT = 300  # seconds: a hang fails the test instead of blocking CI
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A training-inputs cache of the six speakers, made by preprocess.py."""
+    for files in UTTERANCES.values():
+        for relative in files:
+            if not (LIBRISPEECH / relative).is_file():
+                pytest.skip(f"real speech not found: {LIBRISPEECH / relative}")
+    root = tmp_path_factory.mktemp("corpus")
+    for files in UTTERANCES.values():
+        for relative in files:
+            (root / "train-clean-100" / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(LIBRISPEECH / relative, root / "train-clean-100" / relative)
+    cache = tmp_path_factory.mktemp("cache")
+    assert preprocess.main(["--regenerate_full_cache", "--generate_training_inputs", "--audio_dir", str(root),
+                            "--cache_output_dir", str(cache)]) == 0
+    assert sorted(p.stem for p in (cache / "inputs").glob("*.pkl")) == SPEAKERS
+    return cache
+
+
+def train(cache: Path, checkpoints: Path, *argv) -> tuple[int, str, str]:
+    """train_cli.main in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train_cli.main([*argv, "--cache_output_dir", str(cache), "--checkpoint_dir", str(checkpoints)])
+    return code, out.getvalue(), _without_progress_bars(err.getvalue())
+
+
+def _without_progress_bars(text: str) -> str:
+    return "".join(line for line in text.splitlines(keepends=True) if "step/s" not in line and "s/step" not in line
+                   and "\r" not in line)
+
+
+def history(stage_dir: Path) -> list[dict]:
+    with open(stage_dir / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def history_epochs(stage_dir: Path) -> list[int]:
+    return [int(row["epoch"]) for row in history(stage_dir)]
+
+
+def weights(path: Path) -> list[np.ndarray]:
+    return keras.models.load_model(path, compile=False, safe_mode=True).get_weights()
+
+
+def assert_same_weights(first: Path, second: Path) -> None:
+    a, b = weights(first), weights(second)
+    assert len(a) == len(b)
+    different = [i for i, (x, y) in enumerate(zip(a, b)) if not np.array_equal(x, y)]
+    assert not different, (f"{len(different)} of {len(a)} weights differ between {first} and {second}; "
+                           f"max |diff| {max(float(np.abs(a[i] - b[i]).max()) for i in different):.3g}")
+
+
+def layer_weights(path: Path, names) -> dict[str, list[np.ndarray]]:
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    return {name: model.get_layer(name).get_weights() for name in names}
+
+
+def copy_stage(source_checkpoints: Path, stage: str, target_checkpoints: Path) -> None:
+    shutil.copytree(source_checkpoints / stage, target_checkpoints / stage,
+                    ignore=shutil.ignore_patterns("tensorboard", "workers"))
+
+
+# --- the three stages, in order ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pipeline(cache, tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="module")
+def softmax_run(cache, pipeline):
+    return train(cache, pipeline, *SOFTMAX)
+
+
+def test_softmax_stage_learns_and_writes_its_checkpoints(cache, pipeline, softmax_run):
+    code, _, _ = softmax_run
+    assert code == 0
+    stage = pipeline / "softmax"
+    for name in ("best.keras", "last.keras", "config.json", "state.json", "history.csv", "training_curves.png"):
+        assert (stage / name).is_file(), name
+    assert (stage / "training_curves.png").read_bytes().startswith(b"\x89PNG")
+    config = json.loads((stage / "config.json").read_text())
+    assert config["width"] == 0.125 and config["frames"] == 64 and config["seed"] == 7
+    assert config["speakers"] == SPEAKERS
+    state = json.loads((stage / "state.json").read_text())
+    assert state["epoch"] == 3
+    rows = history(stage)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    losses = [float(r["loss"]) for r in rows]
+    assert losses[-1] < 0.8 * losses[0], losses  # it learns the six speakers
+    # best.keras is the epoch state.json names, with a 6-way head.
+    model = keras.models.load_model(stage / "best.keras", compile=False, safe_mode=True)
+    assert model.get_layer(HEAD_LAYER).units == len(SPEAKERS)
+    assert 1 <= state["best"]["epoch"] <= 3
+
+
+def test_rerunning_a_finished_stage_does_not_train_again(cache, pipeline, softmax_run):
+    stage = pipeline / "softmax"
+    before = {p.name: p.stat().st_mtime_ns for p in stage.iterdir() if p.is_file()}
+    code, out, _ = train(cache, pipeline, *SOFTMAX)
+    assert code == 0
+    assert "already" in out and "epoch 1/3" not in out
+    assert {p.name: p.stat().st_mtime_ns for p in stage.iterdir() if p.is_file()} == before
+
+
+def test_a_mismatched_width_is_refused(cache, pipeline, softmax_run):
+    argv = [a if a != "0.125" else "0.25" for a in SOFTMAX]
+    code, out, err = train(cache, pipeline, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: ") and "width=0.125" in err and "0.25" in err
+    assert json.loads((pipeline / "softmax" / "state.json").read_text())["epoch"] == 3
+    # The next stage checks its starting checkpoint too.
+    code, _, err = train(cache, pipeline, *[a if a != "0.125" else "0.25" for a in TRIPLET], "--epochs", "1")
+    assert code == 2 and "width" in err and not (pipeline / "triplet" / "state.json").exists()
+
+
+def test_triplet_without_a_softmax_checkpoint_is_one_line_exit_2(cache, tmp_path):
+    code, out, err = train(cache, tmp_path, *TRIPLET, "--epochs", "1")
+    assert code == 2
+    assert err.count("\n") == 1 and "softmax/best.keras" in err and "--loss_on_softmax" in err
+    code, out, err = train(cache, tmp_path, *FROZEN, "--epochs", "1")
+    assert code == 2 and err.count("\n") == 1 and "triplet/best.keras" in err
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at one precise point of the checkpointing."""
+
+
+@pytest.fixture(scope="module")
+def triplet_run(cache, pipeline, softmax_run):
+    """Triplet training for one epoch; then --epochs 2, killed after writing
+    epoch 2's checkpoint files but before state.json records it; then rerun."""
+    from deep_speaker import training
+
+    assert softmax_run[0] == 0
+    first = train(cache, pipeline, *TRIPLET, "--epochs", "1")
+    write_state = training.StageFolder.write_state
+
+    def killed_before_epoch_2_is_recorded(self, state):
+        if state["epoch"] == 2:
+            raise _Killed()
+        write_state(self, state)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.StageFolder, "write_state", killed_before_epoch_2_is_recorded)
+        with pytest.raises(_Killed):
+            train(cache, pipeline, *TRIPLET, "--epochs", "2")
+    state_after_kill = json.loads((pipeline / "triplet" / "state.json").read_text())["epoch"]
+    resumed = train(cache, pipeline, *TRIPLET, "--epochs", "2")
+    return first, state_after_kill, resumed
+
+
+def test_triplet_stage_continues_when_epochs_grow_and_redoes_an_unrecorded_epoch(pipeline, triplet_run):
+    (code, out, _), state_after_kill, (resumed_code, resumed_out, _) = triplet_run
+    assert code == 0 and "triplet epoch 1/1" in out
+    assert state_after_kill == 1
+    assert resumed_code == 0 and "epoch 1/2" not in resumed_out and "triplet epoch 2/2" in resumed_out
+    stage = pipeline / "triplet"
+    assert history_epochs(stage) == [1, 2]  # epoch 2 once, though the killed run had written its row
+    assert json.loads((stage / "state.json").read_text())["epoch"] == 2
+    assert not [p.name for p in stage.iterdir() if p.name.startswith(".")]  # no leftovers
+    rows = history(stage)
+    assert rows[0]["test_eer"] != "" and rows[0]["test_accuracy"] == ""
+    # The triplet model is the embedding model: no speaker head.
+    model = keras.models.load_model(stage / "last.keras", compile=False, safe_mode=True)
+    assert model.output_shape == (None, 512) and HEAD_LAYER not in [layer.name for layer in model.layers]
+
+
+def test_same_seed_uninterrupted_triplet_run_gives_identical_weights(cache, pipeline, triplet_run, tmp_path):
+    """The same seed gives the same weights, whether the run went straight
+    through or was stopped and resumed (even killed between writing an epoch's
+    files and recording it). Hard negatives are mined with a similarity matrix
+    the trainer refreshes: a batch must not depend on what the input pipeline
+    had prefetched before a refresh."""
+    copy_stage(pipeline, "softmax", tmp_path)
+    code, out, _ = train(cache, tmp_path, *TRIPLET, "--epochs", "2")
+    assert code == 0 and "triplet epoch 1/2" in out and "triplet epoch 2/2" in out
+    assert_same_weights(pipeline / "triplet" / "last.keras", tmp_path / "triplet" / "last.keras")
+    assert_same_weights(pipeline / "triplet" / "best.keras", tmp_path / "triplet" / "best.keras")
+    assert history(pipeline / "triplet") == [{**row, "seconds": ANY} for row in history(tmp_path / "triplet")]
+
+
+@pytest.fixture(scope="module")
+def frozen_run(cache, pipeline, triplet_run):
+    assert triplet_run[2][0] == 0
+    return train(cache, pipeline, *FROZEN, "--epochs", "2")
+
+
+def test_frozen_stage_keeps_the_triplet_embedding_weights(pipeline, frozen_run):
+    assert frozen_run[0] == 0
+    triplet_model = keras.models.load_model(pipeline / "triplet" / "best.keras", compile=False, safe_mode=True)
+    embedding_layers = [layer.name for layer in triplet_model.layers if layer.weights]
+    assert EMBEDDING_LAYER in [layer.name for layer in triplet_model.layers] and len(embedding_layers) > 50
+    frozen = layer_weights(pipeline / "softmax_frozen" / "last.keras", embedding_layers + [HEAD_LAYER])
+    for name in embedding_layers:  # kernels and batch-norm statistics alike
+        for before, after in zip(triplet_model.get_layer(name).get_weights(), frozen[name]):
+            np.testing.assert_array_equal(after, before, err_msg=name)
+    # ... while its new head did train.
+    assert history_epochs(pipeline / "softmax_frozen") == [1, 2]
+    softmax_head = layer_weights(pipeline / "softmax" / "last.keras", [HEAD_LAYER])[HEAD_LAYER]
+    assert frozen[HEAD_LAYER][0].shape == softmax_head[0].shape
+    assert not np.array_equal(frozen[HEAD_LAYER][0], softmax_head[0])
+    best = json.loads((pipeline / "softmax_frozen" / "state.json").read_text())["best"]
+    assert 0.0 <= best["test_accuracy"] <= 1.0
+
+
+# --- kill and resume in a real process -------------------------------------------------------
+
+def run_cli(argv, *, env=None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "scripts" / "train_cli.py"), *argv], cwd=REPO_ROOT,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def finish(process: subprocess.Popen, what: str) -> str:
+    try:
+        out, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+        pytest.fail(f"{what} did not finish in {SUBPROCESS_TIMEOUT} s:\n{out[-3000:]}")
+    assert process.returncode == 0, f"{what} failed ({process.returncode}):\n{out[-3000:]}"
+    return out
+
+
+def state_epoch(stage: Path) -> int:
+    try:
+        return json.loads((stage / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_killed_training_resumes_after_its_last_epoch_with_identical_results(cache, pipeline, softmax_run,
+                                                                             tmp_path):
+    assert softmax_run[0] == 0
+    argv = [*SOFTMAX, "--cache_output_dir", str(cache), "--checkpoint_dir", str(tmp_path)]
+    stage = tmp_path / "softmax"
+    process = run_cli(argv)
+    deadline = time.monotonic() + SUBPROCESS_TIMEOUT
+    while state_epoch(stage) < 1 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, f"finished before it could be killed:\n{out[-3000:]}"
+    done = state_epoch(stage)
+    assert 1 <= done < 3, out[-3000:]
+
+    out = finish(run_cli(argv), "the resumed run")
+
+    epoch_lines = [line for line in out.splitlines() if line.startswith("softmax epoch ") and "/3," in line]
+    assert epoch_lines and epoch_lines[0].startswith(f"softmax epoch {done + 1}/3"), out[-3000:]
+    assert history_epochs(stage) == [1, 2, 3]
+    # The data stream is a function of (seed, step) and the optimizer state is
+    # restored: the result is the uninterrupted run's, bit for bit.
+    assert_same_weights(pipeline / "softmax" / "last.keras", stage / "last.keras")
+    assert_same_weights(pipeline / "softmax" / "best.keras", stage / "best.keras")
+
+
+# --- distribution strategies ------------------------------------------------------------------
+
+MIRRORED_SCRIPT = """
+import sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {root!r})
+from deep_speaker.commands import train_cli
+
+print("logical CPUs:", len(tf.config.list_logical_devices("CPU")), flush=True)
+sys.exit(train_cli.main(sys.argv[1:]))
+"""
+
+
+def check_saved_model(path: Path) -> keras.Model:
+    """The checkpoint loads in safe mode and embeds windows as unit vectors."""
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    windows = np.random.default_rng(0).standard_normal((2, 100, 64, 1)).astype(np.float32)
+    embeddings = model.predict(windows, verbose=0)[0]
+    assert embeddings.shape == (2, 512)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    return model
+
+
+def test_mirrored_strategy_on_two_logical_cpus(cache, tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT.format(root=str(REPO_ROOT)))
+    argv = ["--loss_on_softmax", *SMALL, "--steps_per_epoch", "2", "--epochs", "1", "--strategy", "mirrored",
+            "--cache_output_dir", str(cache), "--checkpoint_dir", str(tmp_path / "checkpoints")]
+    process = subprocess.Popen([sys.executable, str(script), *argv], cwd=REPO_ROOT, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = finish(process, "mirrored training")
+    assert "logical CPUs: 2" in out
+    assert "MirroredStrategy with devices" in out and "CPU:1" in out
+    stage = tmp_path / "checkpoints" / "softmax"
+    assert history_epochs(stage) == [1]
+    model = check_saved_model(stage / "last.keras")
+    # Replicas normalise with the statistics of the global batch, so they keep one
+    # set of moving statistics.
+    assert all(layer.synchronized for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def test_multiworker_strategy_with_two_local_workers(cache, tmp_path):
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    argv = ["--loss_on_softmax", *SMALL, "--steps_per_epoch", "2", "--epochs", "1", "--strategy", "multiworker",
+            "--cache_output_dir", str(cache), "--checkpoint_dir", str(tmp_path)]
+    workers = [run_cli(argv, env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                                         "index": index}})})
+               for index in range(2)]
+    try:
+        outputs = [finish(worker, f"worker {index}") for index, worker in enumerate(workers)]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    chief, other = tmp_path / "softmax", tmp_path / "softmax" / "workers" / "1"
+    assert f"checkpoints in {chief}\n" in outputs[0] and f"checkpoints in {other}\n" in outputs[1]
+    assert history_epochs(chief) == [1]
+    rows, other_rows = history(chief), history(other)
+    assert [{**row, "seconds": ANY} for row in rows] == other_rows  # the same all-reduced loss
+    # Both workers applied the same updates and kept the same batch-norm statistics.
+    assert_same_weights(chief / "last.keras", other / "last.keras")
+    check_saved_model(chief / "last.keras")

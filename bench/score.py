@@ -111,7 +111,7 @@ def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], 
     """(wall, CPU) seconds of the embedding calls alone over `features`, after a warm-up pass."""
     import tensorflow as tf
 
-    from deep_speaker.training import load_checkpoint
+    from deep_speaker.model import load_checkpoint
 
     model = load_checkpoint(checkpoint)
     if len(model.outputs) > 1:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn import metrics as sk_metrics
 
 __all__ = [
     "cosine_similarity_matrix",
@@ -128,6 +127,8 @@ def _roc_points(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     drop_intermediate=False keeps every threshold so interpolated thresholds
     are exact rather than taken across merged collinear segments.
     """
+    from sklearn import metrics as sk_metrics  # imported here: scoring needs no scikit-learn start-up
+
     fpr, tpr, thresholds = sk_metrics.roc_curve(labels, scores, drop_intermediate=False)
     return fpr, 1.0 - tpr, thresholds
 
@@ -227,6 +228,8 @@ def det_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ([0.5, 0.5, 0.0], [0.0, 0.5, 0.5], [0.2, 0.6, 0.9])
     """
     scores, labels = _check_trials(scores, labels, "det_curve")
+    from sklearn import metrics as sk_metrics
+
     fpr, fnr, thresholds = sk_metrics.det_curve(labels.astype(np.int8), scores)
     return fpr, fnr, thresholds
 

@@ -159,6 +159,23 @@ def triplet_loss(anchor, positive, negative, margin: float):
     return keras.ops.maximum(similarity_negative - similarity_positive + margin, 0.0)
 
 
+class CheckpointError(ValueError):
+    """A model file that is missing or cannot be loaded safely."""
+
+
+def load_checkpoint(path) -> keras.Model:
+    """A `.keras` model written by deep-speaker, loaded in safe mode (no Lambda
+    layers, no arbitrary code: only built-in layers and CosineDense)."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types for a damaged or hostile file
+        raise CheckpointError(f"{path}: cannot load checkpoint ({type(error).__name__}: {error})") from None
+
+
 def copy_weights_by_name(source: keras.Model, target: keras.Model) -> int:
     """Copy weights of same-named layers (embedding layers from one stage to
     the next); returns how many layers were copied."""

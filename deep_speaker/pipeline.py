@@ -66,9 +66,10 @@ class PipelineReport:
 
 
 def _call(main, argv: list[str], what: str) -> None:
-    """Run one step's command; a failed step (it has printed its own error line)
-    stops the pipeline with one more line, never a traceback."""
-    from deep_speaker.commands.common import CommandError
+    """Run one step's command. A failed step has printed its one error line: the
+    pipeline stops with the step's exit code, adding no second error line and
+    no traceback (it logs which step stopped it)."""
+    from deep_speaker.commands.common import AlreadyReported
 
     log.info("%s: %s", what, " ".join(argv))
     try:
@@ -76,7 +77,8 @@ def _call(main, argv: list[str], what: str) -> None:
     except SystemExit as exit_:  # a usage error inside a step
         status = exit_.code
     if status:
-        raise CommandError(f"{what} failed (exit {status}); command: {' '.join(argv)}")
+        log.info("pipeline stopped at step '%s' (exit %s); command: %s", what, status, " ".join(argv))
+        raise AlreadyReported(int(status) if isinstance(status, int) else 2, f"{what} failed")
 
 
 def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, download: bool = False) -> PipelineReport:

@@ -87,8 +87,7 @@ class Embedder:
     def __init__(self, resolved: ResolvedModel):
         import tensorflow as tf
 
-        from deep_speaker.model import embedding_part
-        from deep_speaker.training import load_checkpoint
+        from deep_speaker.model import embedding_part, load_checkpoint
 
         self.resolved = resolved
         self.config = resolved.config

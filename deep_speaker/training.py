@@ -38,7 +38,7 @@ from deep_speaker.inputs import (UtteranceBank, WindowSampler, evaluation_window
 from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trials
 from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name, embedding_part,
-                                speaker_logits, triplet_loss)
+                                load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
 from deep_speaker.training_inputs import load_inputs
 
@@ -138,16 +138,6 @@ class StageFolder:
                 os.replace(uncommitted, final)
         for stale in self.path.glob(".uncommitted.epoch*"):
             stale.unlink(missing_ok=True)
-
-
-def load_checkpoint(path: Path) -> keras.Model:
-    """A `.keras` model written by training, loaded in safe mode."""
-    if not Path(path).is_file():
-        raise TrainingError(f"{path}: checkpoint not found")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:  # Keras raises many types for a damaged zip
-        raise TrainingError(f"{path}: cannot load checkpoint ({type(error).__name__}: {error})") from None
 
 
 def _check_architecture(config: Config, saved: Config, source: Path) -> None:

@@ -18,6 +18,15 @@ class CommandError(Exception):
     """An expected failure: printed as one line, exit code 2."""
 
 
+class AlreadyReported(Exception):
+    """A failure whose one error line is already on stderr (a pipeline step's
+    command printed it): exit with `code`, print nothing more."""
+
+    def __init__(self, code: int, note: str = ""):
+        super().__init__(note or f"exit code {code}")
+        self.code = code
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every flag's default, unless its help already explains it."""
 
@@ -96,6 +105,8 @@ def run(body, argv=None) -> int:
 
     try:
         return body(argv) or 0
+    except AlreadyReported as reported:
+        return reported.code
     except (CommandError, AudioError, FileNotFoundError, ValueError, PermissionError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE

@@ -31,6 +31,7 @@ from conftest import TINY_LIBRISPEECH_FILES
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate", "export_model", "download_vctk", "pipeline")
 TRAIN = "--epochs 1 --steps_per_epoch 1 --batch_size 4 --width 0.125 --frames 32"
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's bar (stderr, by design): not an error line
 
 
 def main_of(script: str):
@@ -278,7 +279,7 @@ def test_invalid_combinations_exit_2_with_one_line(case, ws, tmp_path, capsys, m
     code, _, err = call(case.script, expand(case, ws, tmp_path), capsys)
     assert code == 2, err
     assert "Traceback" not in err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert re.search(case.error, lines[0]), lines[0]
 

@@ -377,11 +377,13 @@ def test_get_emb_skips_undecodable_file(checkpoints, bad_files, wav, tmp_path, c
     assert listing[2].startswith(f"# skipped {bad_files['text']}: not decodable audio")
 
 
-def test_get_emb_all_files_bad(checkpoints, bad_files, capsys):
+def test_get_emb_all_files_bad(checkpoints, bad_files, capsys, tmp_path):
+    output = tmp_path / "none.npy"
     code, out, err = run(get_emb.main, capsys, "--get_embeddings", bad_files["silent"], bad_files["text"],
-                         "--checkpoint_dir", checkpoints)
+                         "--checkpoint_dir", checkpoints, "--output", str(output))
     assert code == 2 and "Traceback" not in err
-    assert err.splitlines()[-1] == "error: none of the 2 file(s) could be embedded"
+    assert err.splitlines()[-1] == "error: none of the 2 file(s) could be embedded; nothing written"
+    assert not output.exists()
     assert f"skipped {bad_files['silent']}: " in err and f"skipped {bad_files['text']}: " in err
 
 

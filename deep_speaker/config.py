@@ -104,11 +104,11 @@ class Config:
         ValueError: config field 'sample_rate_hz' must lie in 1000..192000, got 0
         """
         for name, (low, high) in _RANGES.items():
-            value = getattr(self, name)
-            if not (low <= value <= high):  # also false for NaN
+            value = getattr(self, name, None)
+            if value is not None and not (low <= value <= high):  # also false for NaN
                 raise ValueError(f"config field {name!r} must lie in {low:g}..{high:g}, got {value!r}")
         for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
+            if getattr(self, name, choices[0]) not in choices:
                 raise ValueError(f"config field {name!r} must be one of {', '.join(choices)}, "
                                  f"got {getattr(self, name)!r}")
         for factor in self.speed_perturbations:

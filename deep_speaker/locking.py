@@ -13,10 +13,13 @@ and cleans up its own shard's files, so they must not wait for each other.
 The same shard started twice would wipe and rewrite the same files, hence its
 own exclusive lock. A run without ``--shard`` wipes or writes the whole cache,
 and stage 2 reads all of it, so each needs the folder to itself: it waits until
-every shard has finished, and shards started meanwhile wait for it.
+every shard has finished, and shards started meanwhile wait for it. A
+``preprocess.py`` run doing both stages holds the folder lock across them, so no
+other run slips in between (a process's nested requests for a lock it already
+holds pass through).
 
-A run that finds a lock taken logs one warning line saying it waits for the other run,
-then waits (``timeout=None``, the default) or gives up after ``timeout``
+A run that finds a lock taken logs one warning line saying it waits for the
+other run, then waits (``timeout=None``, the default) or gives up after ``timeout``
 seconds with `LockTimeout` (one clear line from the commands). The locks are
 ``flock(2)`` locks, which the kernel drops when their process dies, even by
 SIGKILL: a killed run never leaves a stale lock behind. The lock files stay
@@ -75,12 +78,15 @@ def folder_lock(folder: str | Path, *, name: str = LOCK_NAME, shared: bool = Fal
         return
     if key in _held:
         raise RuntimeError(f"{path}: held shared by this process, cannot be taken exclusive inside")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd, writable = os.open(path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:  # another user's lock file in a shared cache: flock needs no write access
+        fd, writable = os.open(path, os.O_RDONLY), False
     try:
         if not _acquire(fd, path, shared, timeout):
             yield path  # no locking on this file system
             return
-        if not shared:  # say who holds it, for the log line of a run that waits
+        if writable and not shared:  # say who holds it, for the log line of a run that waits
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({purpose}, "
                           f"started {time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
@@ -89,7 +95,7 @@ def folder_lock(folder: str | Path, *, name: str = LOCK_NAME, shared: bool = Fal
             yield path
         finally:
             del _held[key]
-            if not shared:
+            if writable and not shared:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)

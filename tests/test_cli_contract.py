@@ -66,7 +66,7 @@ def ws(tmp_path_factory, shared_data) -> dict[str, str]:
         ("preprocess", "--update_cache --audio_dir {samples} --cache_output_dir {cache}"),
         ("preprocess", "--generate_training_inputs --cache_output_dir {cache}"),
         ("train_cli", "--loss_on_softmax " + TRAIN + " --cache_output_dir {cache} --checkpoint_dir {ckpt}"),
-        ("train_cli", "--loss_on_embeddings --normalize_embeddings --spec_augment " + TRAIN
+        ("train_cli", "--loss_on_embeddings --normalize_embeddings --spec_augment --negatives random " + TRAIN
          + " --cache_output_dir {cache} --checkpoint_dir {ckpt}"),
         ("train_cli", "--loss_on_softmax --freeze_embedding_weights --normalize_embeddings --head amsoftmax "
          "--lr_schedule cosine " + TRAIN + " --cache_output_dir {cache} --checkpoint_dir {ckpt}"),
@@ -121,8 +121,10 @@ VALID = [
     Case("train_cli", "--loss_on_embeddings --normalize_embeddings " + TRAIN
          + " --cache_output_dir {cache} --checkpoint_dir {ckpt}", r"triplet: already trained"),
     # comp_cos
-    Case("comp_cos", "--unseen_speakers 19,26 --cache_output_dir {cache} --checkpoint_dir {ckpt}", r"SAN \(19 vs 26\)"),
-    Case("comp_cos", "--unseen_speakers 19,19 --cache_output_dir {cache} --checkpoint_dir {ckpt}", r"SAP \(19 vs 19\)"),
+    Case("comp_cos", "--unseen_speakers 19,26 --cache_output_dir {cache} --checkpoint_dir {ckpt}",
+         r"SAN \(19 vs 26\)"),
+    Case("comp_cos", "--unseen_speakers 19,19 --cache_output_dir {cache} --checkpoint_dir {ckpt}",
+         r"SAP \(19 vs 19\)"),
     Case("comp_cos", "--unseen_speakers PhilippeRemy,19 --extra_speakers --cache_output_dir {cache} "
                      "--checkpoint_dir {ckpt}", r"SAN \(PhilippeRemy vs 19\)"),
     Case("comp_cos", "--unseen_speakers 26,27 --json --max_utterances 2 --seed 3 --verbose --cache_output_dir {cache} "
@@ -221,7 +223,8 @@ INVALID = [
     Case("comp_cos", "--files {tmp}/none.wav {wav2} --checkpoint {model}", error=r"none.wav: file not found"),
     Case("comp_cos", "--unseen_speakers 19,26 --cache_output_dir {tmp}/none --checkpoint {model}",
          error=r"no audio cache"),
-    Case("comp_cos", "--unseen_speakers 19,26 --checkpoint {tmp}/none.keras", error=r"none.keras: checkpoint not found"),
+    Case("comp_cos", "--unseen_speakers 19,26 --checkpoint {tmp}/none.keras",
+         error=r"none.keras: checkpoint not found"),
     # get_emb
     Case("get_emb", "--get_embeddings p999 --cache_output_dir {cache} --checkpoint_dir {ckpt}",
          error=r"unknown speaker\(s\) p999"),
@@ -242,7 +245,8 @@ INVALID = [
          error=r"bad_trials.txt:1: expected 'label path1 path2'"),
     # export_model
     Case("export_model", "--checkpoint_dir {ckpt}", error=r"the following arguments are required: --output_dir"),
-    Case("export_model", "--output_dir {tmp}/x --checkpoint {tmp}/none.keras", error=r"none.keras: checkpoint not found"),
+    Case("export_model", "--output_dir {tmp}/x --checkpoint {tmp}/none.keras",
+         error=r"none.keras: checkpoint not found"),
     # download_vctk
     Case("download_vctk", "--version 0.99", error=r"argument --version: invalid choice"),
     Case("download_vctk", "--sha256 abc", error=r"64 hex digits"),

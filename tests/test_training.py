@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from unittest.mock import ANY
@@ -26,7 +25,8 @@ import numpy as np
 import pytest
 
 from deep_speaker.commands import preprocess, train_cli
-from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER
+from deep_speaker.config import Config
+from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER, attach_head, build_embedding_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LIBRISPEECH = REPO_ROOT.parent / "shared" / "data" / "librispeech" / "train-clean-100"
@@ -124,8 +124,9 @@ def softmax_run(cache, pipeline):
 
 
 def test_softmax_stage_learns_and_writes_its_checkpoints(cache, pipeline, softmax_run):
-    code, _, _ = softmax_run
+    code, out, _ = softmax_run
     assert code == 0
+    assert "softmax epoch 1/3" in out and "softmax epoch 3/3" in out and "softmax: done" in out
     stage = pipeline / "softmax"
     for name in ("best.keras", "last.keras", "config.json", "state.json", "history.csv", "training_curves.png"):
         assert (stage / name).is_file(), name
@@ -179,12 +180,11 @@ class _Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def triplet_run(cache, pipeline, softmax_run):
-    """Triplet training for one epoch; then --epochs 2, killed after writing
-    epoch 2's checkpoint files but before state.json records it; then rerun."""
+    """Triplet training for two epochs, killed after writing epoch 2's
+    checkpoint files but before state.json records it; then rerun."""
     from deep_speaker import training
 
     assert softmax_run[0] == 0
-    first = train(cache, pipeline, *TRIPLET, "--epochs", "1")
     write_state = training.StageFolder.write_state
 
     def killed_before_epoch_2_is_recorded(self, state):
@@ -198,12 +198,11 @@ def triplet_run(cache, pipeline, softmax_run):
             train(cache, pipeline, *TRIPLET, "--epochs", "2")
     state_after_kill = json.loads((pipeline / "triplet" / "state.json").read_text())["epoch"]
     resumed = train(cache, pipeline, *TRIPLET, "--epochs", "2")
-    return first, state_after_kill, resumed
+    return state_after_kill, resumed
 
 
-def test_triplet_stage_continues_when_epochs_grow_and_redoes_an_unrecorded_epoch(pipeline, triplet_run):
-    (code, out, _), state_after_kill, (resumed_code, resumed_out, _) = triplet_run
-    assert code == 0 and "triplet epoch 1/1" in out
+def test_triplet_stage_redoes_an_epoch_killed_before_it_was_recorded(pipeline, triplet_run):
+    state_after_kill, (resumed_code, resumed_out, _) = triplet_run
     assert state_after_kill == 1
     assert resumed_code == 0 and "epoch 1/2" not in resumed_out and "triplet epoch 2/2" in resumed_out
     stage = pipeline / "triplet"
@@ -233,12 +232,21 @@ def test_same_seed_uninterrupted_triplet_run_gives_identical_weights(cache, pipe
 
 @pytest.fixture(scope="module")
 def frozen_run(cache, pipeline, triplet_run):
-    assert triplet_run[2][0] == 0
-    return train(cache, pipeline, *FROZEN, "--epochs", "2")
+    """The frozen stage for one epoch, then continued to two with a larger --epochs."""
+    assert triplet_run[1][0] == 0
+    return train(cache, pipeline, *FROZEN, "--epochs", "1"), train(cache, pipeline, *FROZEN, "--epochs", "2")
+
+
+def test_frozen_stage_continues_when_epochs_grow(pipeline, frozen_run):
+    (code, out, _), (more_code, more_out, _) = frozen_run
+    assert code == 0 and "softmax_frozen epoch 1/1" in out
+    assert more_code == 0 and "epoch 1/2" not in more_out and "softmax_frozen epoch 2/2" in more_out
+    assert history_epochs(pipeline / "softmax_frozen") == [1, 2]
+    assert json.loads((pipeline / "softmax_frozen" / "state.json").read_text())["epoch"] == 2
 
 
 def test_frozen_stage_keeps_the_triplet_embedding_weights(pipeline, frozen_run):
-    assert frozen_run[0] == 0
+    assert frozen_run[1][0] == 0
     triplet_model = keras.models.load_model(pipeline / "triplet" / "best.keras", compile=False, safe_mode=True)
     embedding_layers = [layer.name for layer in triplet_model.layers if layer.weights]
     assert EMBEDDING_LAYER in [layer.name for layer in triplet_model.layers] and len(embedding_layers) > 50
@@ -246,11 +254,12 @@ def test_frozen_stage_keeps_the_triplet_embedding_weights(pipeline, frozen_run):
     for name in embedding_layers:  # kernels and batch-norm statistics alike
         for before, after in zip(triplet_model.get_layer(name).get_weights(), frozen[name]):
             np.testing.assert_array_equal(after, before, err_msg=name)
-    # ... while its new head did train.
-    assert history_epochs(pipeline / "softmax_frozen") == [1, 2]
-    softmax_head = layer_weights(pipeline / "softmax" / "last.keras", [HEAD_LAYER])[HEAD_LAYER]
-    assert frozen[HEAD_LAYER][0].shape == softmax_head[0].shape
-    assert not np.array_equal(frozen[HEAD_LAYER][0], softmax_head[0])
+    # ... while its new head, initialised as training initialises it, did train.
+    config = Config.load(pipeline / "softmax_frozen" / "config.json")
+    keras.utils.set_random_seed(config.seed)
+    initial_head = attach_head(build_embedding_model(config), len(SPEAKERS), config).get_layer(HEAD_LAYER)
+    assert frozen[HEAD_LAYER][0].shape == initial_head.get_weights()[0].shape
+    assert not np.allclose(frozen[HEAD_LAYER][0], initial_head.get_weights()[0], atol=1e-4)
     best = json.loads((pipeline / "softmax_frozen" / "state.json").read_text())["best"]
     assert 0.0 <= best["test_accuracy"] <= 1.0
 

@@ -1,7 +1,9 @@
 """preprocess.py: stage 1 (audio cache) and stage 2 (training inputs)."""
 from __future__ import annotations
 
+import argparse
 import contextlib
+import math
 
 from deep_speaker.commands.common import (comma_floats, DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
                                           positive_int, run, setup_logging)
@@ -42,9 +44,6 @@ def build_parser():
 
 
 def non_negative_float(text: str) -> float:
-    import argparse
-    import math
-
     try:
         value = float(text)
     except ValueError:

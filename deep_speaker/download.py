@@ -129,11 +129,14 @@ class DownloadResult:
 def download_vctk(version: str = DEFAULT_VERSION, data_root: str | Path = DEFAULT_DATA_ROOT, *,
                   url: str | None = None, sha256: str | None = None, keep_archive: bool = False,
                   timeout: float = 60.0, retries: int = 3, retry_wait_s: float = 2.0,
-                  progress: bool = True) -> DownloadResult:
+                  progress: bool = True, replace_existing: bool = False) -> DownloadResult:
     """Make sure ``<data_root>/<release folder>`` holds a complete, verified VCTK.
 
     Does nothing when the completion marker is there. Otherwise downloads (or
     resumes) the archive, verifies it, extracts it safely and writes the marker.
+    Extraction renames a finished folder into place, so a folder without the
+    marker was put there by hand: it is left alone (DownloadError) unless
+    replace_existing=True.
     `url` replaces the official location (a mirror); `sha256` is checked
     instead of the table's checksum. Raises DownloadError with one clear line.
     """
@@ -143,6 +146,10 @@ def download_vctk(version: str = DEFAULT_VERSION, data_root: str | Path = DEFAUL
     if is_complete(target):
         return DownloadResult(target, read_marker(target).get("file_count", 0), True, None, None)
 
+    if target.exists() and not replace_existing:
+        raise DownloadError(f"{target} already exists but was not made by this downloader (no {MARKER_NAME} "
+                            f"marker); the pipeline uses it as it is. Pass --replace_existing to download "
+                            f"and extract VCTK over it")
     source = url or release.url
     expected_sha256 = normalize_sha256(sha256) if sha256 else release.sha256
     archive = root / DOWNLOADS_FOLDER / archive_name_for(source, release.archive_name)
@@ -152,9 +159,7 @@ def download_vctk(version: str = DEFAULT_VERSION, data_root: str | Path = DEFAUL
     digest = _verified_archive(archive, source, expected_sha256, release.size_bytes, timeout=timeout,
                                retries=retries, retry_wait_s=retry_wait_s, progress=progress)
     if target.exists():
-        # No marker: a run died between the rename and the marker, or the folder
-        # was put there by hand. Either way it is not known to be good.
-        log.warning("%s has no %s marker: removing it and extracting again", target, MARKER_NAME)
+        log.warning("%s has no %s marker: replacing it (--replace_existing)", target, MARKER_NAME)
         shutil.rmtree(target)
     file_count = extract_corpus(archive, target, release.layout_glob)
     write_marker(target, version=release.version, url=source, sha256=digest, file_count=file_count,

@@ -436,7 +436,19 @@ def test_rerun_after_completion_makes_no_request(server, tmp_path, archive_092_z
     assert server.requests == []
 
 
-def test_folder_without_marker_is_extracted_again(server, tmp_path, archive_080_tar):
+def test_folder_without_marker_is_left_alone(server, tmp_path, archive_080_tar):
+    server.files["/VCTK-Corpus.tar.gz"] = archive_080_tar
+    by_hand = tmp_path / "VCTK-Corpus/wav48/p225"
+    by_hand.mkdir(parents=True)
+    (by_hand / "p225_001.wav").write_bytes(b"unpacked by hand")
+
+    with pytest.raises(download.DownloadError, match="not made by this downloader.*--replace_existing"):
+        download_vctk("0.80", tmp_path, url=server.url("/VCTK-Corpus.tar.gz"), **FAST)
+
+    assert server.requests == [] and (by_hand / "p225_001.wav").read_bytes() == b"unpacked by hand"
+
+
+def test_folder_without_marker_is_replaced_on_request(server, tmp_path, archive_080_tar):
     server.files["/VCTK-Corpus.tar.gz"] = archive_080_tar
     partial = tmp_path / "VCTK-Corpus/wav48/p225"
     partial.mkdir(parents=True)
@@ -445,7 +457,7 @@ def test_folder_without_marker_is_extracted_again(server, tmp_path, archive_080_
     stale = tmp_path / ".VCTK-Corpus.extracting-abc123"
     stale.mkdir()
 
-    result = download_vctk("0.80", tmp_path, url=server.url("/VCTK-Corpus.tar.gz"), **FAST)
+    result = download_vctk("0.80", tmp_path, url=server.url("/VCTK-Corpus.tar.gz"), replace_existing=True, **FAST)
 
     assert not result.already_complete and len(server.requests) == 1
     assert (partial / "p225_001.wav").read_bytes() == _members_080()["VCTK-Corpus/wav48/p225/p225_001.wav"]

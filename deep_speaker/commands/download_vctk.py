@@ -29,6 +29,8 @@ def build_parser():
     p.add_argument("--retries", type=_non_negative_int, default=3,
                    help="times a dropped connection is resumed before giving up")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--replace_existing", action="store_true",
+                   help="replace a corpus folder that exists without this downloader's completion marker")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -45,7 +47,7 @@ def _main(argv) -> int:
 
     result = download_vctk(args.version, args.data_root, url=args.url, sha256=args.sha256,
                            keep_archive=args.keep_archive, timeout=args.timeout, retries=args.retries,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, replace_existing=args.replace_existing)
     if result.already_complete:
         print(f"VCTK {args.version} is already in {result.folder} ({result.file_count} files); nothing to do")
     else:

@@ -37,7 +37,7 @@ from deep_speaker.inputs import (UtteranceBank, WindowSampler, evaluation_window
                                  triplet_dataset)
 from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trials
-from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name, embedding_part,
+from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name,
                                 load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
 from deep_speaker.training_inputs import load_inputs

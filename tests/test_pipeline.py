@@ -3,7 +3,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import pytest
 
 from deep_speaker.commands import pipeline
 

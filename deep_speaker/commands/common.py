@@ -52,6 +52,15 @@ def _one_line(text) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--checkpoint_dir and --checkpoint, shared by every command that scores."""
+    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR),
+                   help="where training wrote its stages (best triplet, then softmax checkpoint is used)")
+    p.add_argument("--checkpoint", default=None,
+                   help="a .keras model file with its config.json beside it (default: the best checkpoint in "
+                        "--checkpoint_dir, else the pretrained model shipped with deep-speaker)")
+
+
 def comma_list(text: str) -> list[str]:
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, comma_list,
-                                          parser, positive_int, run, setup_logging)
+from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, add_model_arguments, comma_list, parser, positive_int,
+                                          run, setup_logging)
 
 
 def build_parser():
@@ -21,8 +21,7 @@ def build_parser():
     p.add_argument("--threshold", type=float, default=None,
                    help="with --files: cosine similarity at or above which both files are the same speaker")
     p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="audio cache folder")
-    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
-    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    add_model_arguments(p)
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="at most this many utterances per speaker (seeded random choice)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the utterance choice and the SAP split")
@@ -66,5 +65,3 @@ def _main(argv) -> int:
         print(f"decision at similarity threshold {result.threshold}: {verdict}")
     return 0
 
-
-__all__ = ["main", "build_parser", "CommandError"]

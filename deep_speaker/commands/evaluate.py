@@ -1,7 +1,7 @@
 """evaluate.py: speaker-verification evaluation with EER, minDCF and plots."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import DEFAULT_CHECKPOINT_DIR, parser, run, setup_logging
+from deep_speaker.commands.common import add_model_arguments, parser, run, setup_logging
 
 
 def build_parser():
@@ -13,8 +13,7 @@ def build_parser():
     p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
     p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
     p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
-    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
-    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    add_model_arguments(p)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 

@@ -1,14 +1,13 @@
 """export_model.py: write the embedding model as .keras + SavedModel."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import DEFAULT_CHECKPOINT_DIR, parser, run, setup_logging
+from deep_speaker.commands.common import add_model_arguments, parser, run, setup_logging
 
 
 def build_parser():
     p = parser("Export the embedding model: embedding.keras, config.json and a TensorFlow SavedModel.")
     p.add_argument("--output_dir", required=True, help="folder to write")
-    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
-    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    add_model_arguments(p)
     p.add_argument("--no_saved_model", action="store_true", help="write only the .keras file and its config")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p

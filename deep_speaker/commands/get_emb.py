@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
+from deep_speaker.commands.common import (add_model_arguments, DEFAULT_CACHE_DIR, CommandError, parser,
                                           positive_int, run, setup_logging)
 from deep_speaker.corpus import AUDIO_EXTENSIONS
 
@@ -19,8 +19,7 @@ def build_parser():
     p.add_argument("--output", default=None, metavar="OUT.npy|OUT.csv|OUT.json",
                    help="write one unit-length row per file (the file list is stored alongside)")
     p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="audio cache folder")
-    p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="where training wrote its stages")
-    p.add_argument("--checkpoint", default=None, help="a .keras model file (config.json beside it)")
+    add_model_arguments(p)
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="for a speaker: at most this many cached utterances (seeded random choice)")
     p.add_argument("--verbose", action="store_true", help="debug logging")

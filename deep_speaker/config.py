@@ -56,6 +56,10 @@ class Config:
     hard_pool_size: int = 8  # candidate negatives scored per anchor for hard mining
     hard_refresh_steps: int = 50  # steps between refreshes of the embedding bank used for mining
     spec_augment: bool = False  # time/frequency masking of training windows
+    # What training does with speed-perturbed pseudo-speakers "<speaker>-sp<f>" of the inputs:
+    # "classes" keeps each as a speaker of its own (Kaldi's x-vector recipe); "augment"
+    # adds their training utterances to their speaker's, as more varied data of one class.
+    perturbed_speakers: str = "classes"
     eval_utterances: int = 200  # held-out utterances embedded for the per-epoch EER
     eval_frames: int = 300  # centre crop of each held-out utterance for per-epoch evaluation (frames)
     seed: int = 1234
@@ -168,6 +172,7 @@ _RANGES = {
     "eval_utterances": (1, 100_000_000), "eval_frames": (1, 10_000_000), "seed": (-2 ** 63, 2 ** 63 - 1),
 }
 _CHOICES = {"trim": ("percentile", "energy"), "head": ("softmax", "amsoftmax"),
+            "perturbed_speakers": ("classes", "augment"),
             "lr_schedule": ("constant", "cosine"), "negatives": ("hard", "random")}
 
 FEATURE_FIELDS = ("sample_rate_hz", "num_fbanks", "frame_length_ms", "frame_shift_ms", "fft_size", "preemphasis")

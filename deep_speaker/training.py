@@ -40,7 +40,7 @@ from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trial
 from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name,
                                 load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
-from deep_speaker.training_inputs import load_inputs
+from deep_speaker.training_inputs import load_inputs, merge_perturbed_speakers
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,8 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
 
     inputs = load_inputs(cache_dir)
     _check_features(inputs, config, cache_dir)
+    if config.perturbed_speakers == "augment":
+        inputs = merge_perturbed_speakers(inputs)
     speakers = sorted(inputs)
     if len(speakers) < 2:
         raise TrainingError(f"{cache_dir}/inputs: {len(speakers)} training speaker(s); at least 2 are needed")

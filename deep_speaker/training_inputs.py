@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -88,6 +89,37 @@ def perturbed_speaker_id(speaker_id: str, factor: float) -> str:
     ('p225-sp0.9', 'p225')
     """
     return speaker_id if factor == 1.0 else f"{speaker_id}-sp{factor:g}"
+
+
+_PERTURBED_ID = re.compile(r"^(?P<speaker>.+)-sp(?P<factor>\d+(?:\.\d+)?)$")
+
+
+def unperturbed_speaker_id(speaker_id: str) -> str:
+    """The speaker a pseudo-speaker was made from (itself when not perturbed).
+
+    >>> unperturbed_speaker_id('p225-sp0.9'), unperturbed_speaker_id('p225'), unperturbed_speaker_id('a-sp')
+    ('p225', 'p225', 'a-sp')
+    """
+    match = _PERTURBED_ID.match(speaker_id)
+    return match["speaker"] if match else speaker_id
+
+
+def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
+    """Inputs where each speed-perturbed pseudo-speaker's training utterances
+    join its speaker's (config.perturbed_speakers == "augment").
+
+    Only ``train`` grows: a pseudo-speaker's test utterances are perturbed
+    copies of its speaker's test utterances (same split), so they are dropped
+    rather than leak into training or duplicate the test set. A pseudo-speaker
+    whose speaker is not in `inputs` (held out, or filtered) is dropped too.
+    """
+    merged = {speaker: {**data, "train": list(data["train"])} for speaker, data in inputs.items()
+              if unperturbed_speaker_id(speaker) == speaker}
+    for speaker, data in sorted(inputs.items()):
+        base = unperturbed_speaker_id(speaker)
+        if base != speaker and base in merged:
+            merged[base]["train"].extend(data["train"])
+    return merged
 
 
 def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, speed: float = 1.0) -> dict:

@@ -229,3 +229,27 @@ def test_make_bank_keeps_labels_of_speakers_without_utterances():
     np.testing.assert_array_equal(test_bank.utterance_count, [0, 1])
     with pytest.raises(ValueError, match="no test utterances"):
         make_bank(synthetic_inputs({"a": [30]}), "test", ["a"])
+
+
+def _speaker(train, test):
+    return {"train": [np.full((3, 2), v, np.float32) for v in train],
+            "test": [np.full((3, 2), v, np.float32) for v in test]}
+
+
+def test_augment_mode_merges_perturbed_copies_into_their_speakers_training_data():
+    from deep_speaker.training_inputs import merge_perturbed_speakers
+
+    inputs = {"a": _speaker([1], [2]), "a-sp0.9": _speaker([3], [4]), "a-sp1.1": _speaker([5], [6]),
+              "b": _speaker([7], [8]), "held-sp0.9": _speaker([9], [10])}
+    merged = merge_perturbed_speakers(inputs)
+    assert sorted(merged) == ["a", "b"]  # the orphan copy of a held-out speaker is gone
+    assert [u[0, 0] for u in merged["a"]["train"]] == [1, 3, 5]
+    assert [u[0, 0] for u in merged["a"]["test"]] == [2]  # perturbed test copies never join
+    assert [u[0, 0] for u in merged["b"]["train"]] == [7]
+    assert len(inputs["a"]["train"]) == 1  # the caller's inputs are left as they were
+
+
+def test_perturbed_speakers_accepts_only_its_two_modes():
+    assert Config().override(perturbed_speakers="augment").perturbed_speakers == "augment"
+    with pytest.raises(ValueError, match="perturbed_speakers"):
+        Config().override(perturbed_speakers="merge").validate()

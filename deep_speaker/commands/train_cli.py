@@ -38,6 +38,9 @@ def build_parser():
     p.add_argument("--negatives", choices=("hard", "random"), default=DEFAULTS.negatives,
                    help="triplet negatives: most similar of a random pool of speakers, or random (seed)")
     p.add_argument("--spec_augment", action="store_true", help="time and frequency masking of training windows")
+    p.add_argument("--perturbed_speakers", choices=("classes", "augment"), default=DEFAULTS.perturbed_speakers,
+                   help="speed-perturbed copies <speaker>-sp<f> in the inputs: speakers of their own (classes) "
+                        "or more training data of their speaker (augment)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of initialisation and batches")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                    help="tf.distribute strategy: one device, all local GPUs, or workers over TF_CONFIG")
@@ -66,7 +69,8 @@ def _main(argv) -> int:
     config = DEFAULTS.override(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
                                lr=args.lr, lr_schedule=args.lr_schedule, width=args.width, frames=args.frames,
                                head=args.head, triplet_margin=args.triplet_margin, negatives=args.negatives,
-                               spec_augment=args.spec_augment, seed=args.seed)
+                               spec_augment=args.spec_augment, perturbed_speakers=args.perturbed_speakers,
+                               seed=args.seed)
     if stage == "triplet" and args.batch_size * 3 > 3 * 1024:
         raise CommandError("--batch_size of triplets above 1024")
     try:

@@ -194,6 +194,14 @@ def _unit_rows(matrix: np.ndarray) -> np.ndarray:
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
 
 
+def _unit_embeddings_by_speaker(embeddings, speaker_ids: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked unit-length rows, the sorted distinct speakers, and each row's index into them."""
+    matrix = _embedding_matrix(embeddings)
+    ids = _speaker_names(speaker_ids, matrix.shape[0])
+    speakers, speaker_index = np.unique(ids, return_inverse=True)
+    return _unit_rows(matrix), speakers, speaker_index
+
+
 def plot_similarity_matrix(embeddings, speaker_ids: Sequence, path) -> Path:
     """Speaker-by-speaker cosine similarity of mean speaker embeddings.
 
@@ -208,14 +216,12 @@ def plot_similarity_matrix(embeddings, speaker_ids: Sequence, path) -> Path:
     Returns:
         The output path.
     """
-    matrix = _embedding_matrix(embeddings)
-    ids = _speaker_names(speaker_ids, matrix.shape[0])
-    speakers, speaker_index = np.unique(ids, return_inverse=True)
+    unit, speakers, speaker_index = _unit_embeddings_by_speaker(embeddings, speaker_ids)
     num_speakers = speakers.shape[0]
 
     # Per-speaker sum of unit embeddings; renormalising the sum equals renormalising the mean.
-    centroids = np.zeros((num_speakers, matrix.shape[1]))
-    np.add.at(centroids, speaker_index, _unit_rows(matrix))
+    centroids = np.zeros((num_speakers, unit.shape[1]))
+    np.add.at(centroids, speaker_index, unit)
     similarity = cosine_similarity_matrix(centroids, centroids)
 
     size = min(max(6.0, 0.22 * num_speakers + 2.0), 18.0)
@@ -273,11 +279,9 @@ def plot_embeddings_2d(embeddings, speaker_ids: Sequence, path) -> Path:
     Returns:
         The output path.
     """
-    matrix = _embedding_matrix(embeddings)
-    ids = _speaker_names(speaker_ids, matrix.shape[0])
-    speakers, speaker_index = np.unique(ids, return_inverse=True)
+    unit, speakers, speaker_index = _unit_embeddings_by_speaker(embeddings, speaker_ids)
     num_speakers = speakers.shape[0]
-    projection, method = _project_2d(_unit_rows(matrix))
+    projection, method = _project_2d(unit)
 
     # tab20 gives distinct colours up to 20 speakers; beyond that a continuous map.
     if num_speakers <= 20:
@@ -293,7 +297,7 @@ def plot_embeddings_2d(embeddings, speaker_ids: Sequence, path) -> Path:
         ax.legend(title="Speaker", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     ax.set_xlabel(f"{method} 1")
     ax.set_ylabel(f"{method} 2")
-    ax.set_title(f"Embeddings ({method}, {matrix.shape[0]} utterances, {num_speakers} speakers)")
+    ax.set_title(f"Embeddings ({method}, {unit.shape[0]} utterances, {num_speakers} speakers)")
     fig.tight_layout()
     return _save_figure(fig, path)
 

@@ -43,6 +43,9 @@ class Config:
     head: str = "softmax"  # softmax head: "softmax" (seed) or "amsoftmax" (cosine, additive margin)
     am_scale: float = 30.0  # AM-softmax logit scale s
     am_margin: float = 0.2  # AM-softmax additive margin m
+    # Epochs over which the AM-softmax margin grows linearly from 0 to am_margin: a cosine
+    # softmax first, since a full margin from random weights slows early training. 0: no warm-up.
+    am_margin_warmup_epochs: int = 0
 
     # --- training ---
     frames: int = 160  # training window length (frames of 10 ms)
@@ -166,7 +169,7 @@ _RANGES = {
     "frame_shift_ms": (1.0, 1000.0), "fft_size": (16, 65536), "preemphasis": (0.0, 1.0),
     "test_fraction": (0.0, 0.99), "split_seed": (-2 ** 63, 2 ** 63 - 1), "width": (1e-4, 100.0),
     "embedding_dim": (1, 65536), "clipped_relu_max": (1e-6, 1e6), "weight_decay": (0.0, 1.0),
-    "am_scale": (1e-3, 1e4), "am_margin": (0.0, 10.0), "frames": (1, 10_000_000), "batch_size": (1, 1_000_000),
+    "am_scale": (1e-3, 1e4), "am_margin": (0.0, 10.0), "am_margin_warmup_epochs": (0, 1_000_000), "frames": (1, 10_000_000), "batch_size": (1, 1_000_000),
     "epochs": (0, 1_000_000), "steps_per_epoch": (1, 100_000_000), "lr": (1e-12, 1e6),
     "triplet_margin": (0.0, 1e6), "hard_pool_size": (1, 1_000_000), "hard_refresh_steps": (1, 100_000_000),
     "eval_utterances": (1, 100_000_000), "eval_frames": (1, 10_000_000), "seed": (-2 ** 63, 2 ** 63 - 1),

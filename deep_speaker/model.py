@@ -136,15 +136,32 @@ def embedding_part(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(EMBEDDING_LAYER).output, name="rescnn")
 
 
-def speaker_logits(head_output, labels, config: Config, training: bool):
+def speaker_logits(head_output, labels, config: Config, training: bool, margin=None):
     """Logits for the cross-entropy: plain for softmax; for AM-softmax
-    s * (cos - m * onehot(label)) while training, s * cos otherwise."""
+    s * (cos - m * onehot(label)) while training, s * cos otherwise.
+    `margin` (a float or scalar tensor) replaces config.am_margin, for its warm-up."""
     if config.head != "amsoftmax":
         return head_output
     if training:
         onehot = keras.ops.one_hot(labels, keras.ops.shape(head_output)[-1])
-        head_output = head_output - config.am_margin * onehot
+        head_output = head_output - (config.am_margin if margin is None else margin) * onehot
     return config.am_scale * head_output
+
+
+def am_margin_at(step, config: Config):
+    """AM-softmax margin at training step `step` (0-based, a number or a scalar
+    tensor such as the optimizer's step count, so a resumed run agrees): grows
+    linearly from 0 to config.am_margin over config.am_margin_warmup_epochs.
+
+    >>> cfg = Config(am_margin=0.2, am_margin_warmup_epochs=2, steps_per_epoch=10)
+    >>> [round(float(am_margin_at(step, cfg)), 3) for step in (0, 5, 10, 20, 30)]
+    [0.0, 0.05, 0.1, 0.2, 0.2]
+    """
+    warmup_steps = config.am_margin_warmup_epochs * config.steps_per_epoch
+    if warmup_steps == 0:
+        return config.am_margin
+    progress = keras.ops.cast(step, "float32") / float(warmup_steps)
+    return config.am_margin * keras.ops.minimum(progress, 1.0)
 
 
 def triplet_loss(anchor, positive, negative, margin: float):

@@ -37,7 +37,7 @@ from deep_speaker.inputs import (UtteranceBank, WindowSampler, evaluation_window
                                  triplet_dataset)
 from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trials
-from deep_speaker.model import (attach_head, build_embedding_model, copy_weights_by_name,
+from deep_speaker.model import (am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
                                 load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
 from deep_speaker.training_inputs import load_inputs, merge_perturbed_speakers
@@ -385,7 +385,8 @@ class _Trainer:
                 correct = tf.reduce_sum(anchor * positive, -1) > tf.reduce_sum(anchor * negative, -1)
             else:
                 _, head = self.model(windows, training=True)
-                logits = speaker_logits(head, labels, config, training=True)
+                margin = am_margin_at(self.optimizer.iterations, config)
+                logits = speaker_logits(head, labels, config, training=True, margin=margin)
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 correct = tf.equal(tf.cast(tf.argmax(head, axis=-1), tf.int32), labels)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)

@@ -7,7 +7,8 @@ import pytest
 
 from deep_speaker.config import Config
 from deep_speaker.model import (EMBEDDING_LAYER, CosineDense, attach_head, build_embedding_model,
-                                copy_weights_by_name, embedding_part, speaker_logits, triplet_loss)
+                                copy_weights_by_name, embedding_part, speaker_logits, triplet_loss,
+                                am_margin_at)
 
 SMALL = Config(width=0.125)
 
@@ -169,3 +170,16 @@ def test_synchronized_batch_norm_changes_no_weight_only_the_statistics_used():
     windows = random_windows(2, 64, seed=5)
     np.testing.assert_allclose(synchronized.predict(windows, verbose=0), plain.predict(windows, verbose=0),
                                atol=1e-6)
+
+
+def test_am_margin_override_and_warm_up_schedule():
+    config = SMALL.override(head="amsoftmax", am_scale=10.0, am_margin=0.2, am_margin_warmup_epochs=2,
+                            steps_per_epoch=5)
+    cosines = np.array([[0.5, 0.1]], np.float32)
+    labels = np.array([0], np.int32)
+    halfway = am_margin_at(5, config)  # one epoch of two: half the margin
+    logits = keras.ops.convert_to_numpy(speaker_logits(cosines, labels, config, training=True, margin=halfway))
+    np.testing.assert_allclose(logits, [[10.0 * (0.5 - 0.1), 1.0]], atol=1e-5)
+    assert float(am_margin_at(0, config)) == 0.0
+    assert float(am_margin_at(1000, config)) == pytest.approx(0.2)
+    assert am_margin_at(0, config.override(am_margin_warmup_epochs=0)) == 0.2  # no warm-up: full margin at once

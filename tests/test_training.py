@@ -345,7 +345,9 @@ def check_saved_model(path: Path) -> keras.Model:
 def test_mirrored_strategy_on_two_logical_cpus(cache, tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED_SCRIPT.format(root=str(REPO_ROOT)))
+    # AM-softmax with a margin warm-up: the margin is a tensor of the step inside the replica step.
     argv = ["--loss_on_softmax", *SMALL, "--steps_per_epoch", "2", "--epochs", "1", "--strategy", "mirrored",
+            "--head", "amsoftmax", "--am_margin_warmup_epochs", "1",
             "--cache_output_dir", str(cache), "--checkpoint_dir", str(tmp_path / "checkpoints")]
     process = subprocess.Popen([sys.executable, str(script), *argv], cwd=REPO_ROOT, text=True,
                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
-                                          positive_float, positive_int, run, setup_logging)
+                                          non_negative_int, positive_float, positive_int, run,
+                                          setup_logging)
 from deep_speaker.config import Config
 
 DEFAULTS = Config()
@@ -33,6 +34,8 @@ def build_parser():
     p.add_argument("--frames", type=positive_int, default=DEFAULTS.frames, help="training window length (10 ms frames)")
     p.add_argument("--head", choices=("softmax", "amsoftmax"), default=DEFAULTS.head,
                    help="speaker head of softmax stages: plain softmax (seed) or additive-margin cosine softmax")
+    p.add_argument("--am_margin_warmup_epochs", type=non_negative_int, default=DEFAULTS.am_margin_warmup_epochs,
+                   help="--head amsoftmax: epochs over which the margin grows from 0 to its full value")
     p.add_argument("--triplet_margin", type=positive_float, default=DEFAULTS.triplet_margin,
                    help="alpha of the cosine triplet loss")
     p.add_argument("--negatives", choices=("hard", "random"), default=DEFAULTS.negatives,
@@ -70,6 +73,7 @@ def _main(argv) -> int:
                                lr=args.lr, lr_schedule=args.lr_schedule, width=args.width, frames=args.frames,
                                head=args.head, triplet_margin=args.triplet_margin, negatives=args.negatives,
                                spec_augment=args.spec_augment, perturbed_speakers=args.perturbed_speakers,
+                               am_margin_warmup_epochs=args.am_margin_warmup_epochs,
                                seed=args.seed)
     if stage == "triplet" and args.batch_size * 3 > 3 * 1024:
         raise CommandError("--batch_size of triplets above 1024")

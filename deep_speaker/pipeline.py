@@ -107,7 +107,10 @@ def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, downloa
         softmax_len = ["--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "8"]
         triplet_len = ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "8"]
     else:
-        softmax_len = ["--epochs", "6", "--steps_per_epoch", "30", "--batch_size", "32"]
+        # 12 training speakers: the cosine AM-softmax head with SpecAugment keeps the embedding space from
+        # collapsing (the plain softmax head left all unseen speakers within 0.01 of each other).
+        softmax_len = ["--epochs", "12", "--steps_per_epoch", "30", "--batch_size", "32", "--head", "amsoftmax",
+                       "--spec_augment", "--lr_schedule", "cosine"]
         triplet_len = ["--epochs", "2", "--steps_per_epoch", "20", "--batch_size", "16"]
     _call(train_cli.main, ["--loss_on_softmax", *softmax_len, *common], "softmax pre-training")
     _call(train_cli.main, ["--loss_on_embeddings", "--normalize_embeddings", *triplet_len, *common],

@@ -10,6 +10,7 @@ Layouts (speaker = folder, as in the seed):
 """
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from dataclasses import dataclass
@@ -94,15 +95,27 @@ def discover_utterances(audio_dirs, mic: int = 1) -> list[Utterance]:
         root = Path(audio_dir).expanduser().resolve()
         if not root.is_dir():
             raise FileNotFoundError(f"{audio_dir}: audio folder not found")
-        for path in sorted(root.rglob("*")):
+        for path in _files_under(root):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or path.name.startswith("."):
-                continue
-            if not path.is_file():
                 continue
             utterance = parse_utterance(path, root, mic=mic)
             if utterance is not None:
                 found.append(utterance)
     return _make_ids_unique(found)
+
+
+def _files_under(root: Path) -> list[Path]:
+    """Sorted files under root, following symlinked folders (a corpus assembled
+    from links is common) but entering each real folder once, so link loops end."""
+    files, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        files.extend(Path(folder) / name for name in names if os.path.isfile(os.path.join(folder, name)))
+    return sorted(files)
 
 
 def _make_ids_unique(utterances: list[Utterance]) -> list[Utterance]:

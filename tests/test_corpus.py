@@ -148,3 +148,14 @@ def test_shards_partition_the_files(tmp_path):
     after = {u.utterance_id: [i for i in range(4) if in_shard(u, (i, 4))] for u in discover_utterances([root])}
     assert all(after[k] == v for k, v in before.items())
     assert all(in_shard(u, None) for u in utterances)
+
+
+def test_symlinked_speaker_folders_are_followed_and_link_loops_end(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    _touch(elsewhere, "bob/b1.wav", "bob/b2.flac")
+    root = tmp_path / "corpus"
+    _touch(root, "alice/a1.wav")
+    (root / "bob").symlink_to(elsewhere / "bob", target_is_directory=True)
+    (root / "alice" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
+    assert _ids(discover_utterances([root])) == [("alice", "alice_a1", "a1.wav"), ("bob", "bob_b1", "b1.wav"),
+                                                 ("bob", "bob_b2", "b2.flac")]

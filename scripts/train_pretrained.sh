@@ -19,3 +19,6 @@ python scripts/train_cli.py --loss_on_softmax --head amsoftmax --spec_augment --
   --epochs ${SOFTMAX_EPOCHS:-40} --steps_per_epoch 100 --batch_size 64 --lr 0.002 "${COMMON[@]}"
 python scripts/train_cli.py --loss_on_embeddings --normalize_embeddings --head amsoftmax --spec_augment \
   --epochs ${TRIPLET_EPOCHS:-5} --steps_per_epoch 50 --batch_size 32 --lr 0.0001 "${COMMON[@]}"
+# The shipped files: copy $WORK/pretrained/* into deep_speaker/pretrained/ to replace the model.
+python scripts/export_model.py --checkpoint "$WORK/checkpoints/triplet/best.keras" --output_dir "$WORK/pretrained" \
+  --no_saved_model

@@ -98,6 +98,8 @@ def discover_utterances(audio_dirs, mic: int = 1) -> list[Utterance]:
         for path in _files_under(root):
             if path.suffix.lower() not in AUDIO_EXTENSIONS or path.name.startswith("."):
                 continue
+            if not path.is_file():
+                continue
             utterance = parse_utterance(path, root, mic=mic)
             if utterance is not None:
                 found.append(utterance)
@@ -105,8 +107,9 @@ def discover_utterances(audio_dirs, mic: int = 1) -> list[Utterance]:
 
 
 def _files_under(root: Path) -> list[Path]:
-    """Sorted files under root, following symlinked folders (a corpus assembled
-    from links is common) but entering each real folder once, so link loops end."""
+    """Sorted non-folder entries under root, following symlinked folders (a corpus
+    assembled from links is common) but entering each real folder once, so link
+    loops end. Callers check is_file only on the names they want (no stat per file here)."""
     files, seen = [], set()
     for folder, subfolders, names in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
@@ -114,7 +117,7 @@ def _files_under(root: Path) -> list[Path]:
             subfolders[:] = []
             continue
         seen.add(real)
-        files.extend(Path(folder) / name for name in names if os.path.isfile(os.path.join(folder, name)))
+        files.extend(Path(folder) / name for name in names)
     return sorted(files)
 
 

@@ -91,7 +91,7 @@ def perturbed_speaker_id(speaker_id: str, factor: float) -> str:
     return speaker_id if factor == 1.0 else f"{speaker_id}-sp{factor:g}"
 
 
-_PERTURBED_ID = re.compile(r"^(?P<speaker>.+)-sp(?P<factor>\d+(?:\.\d+)?)$")
+_PERTURBED_ID = re.compile(r"^(?P<speaker>.+)-sp\d+(?:\.\d+)?$")  # as perturbed_speaker_id writes it
 
 
 def unperturbed_speaker_id(speaker_id: str) -> str:

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from deep_speaker.config import Config
-from deep_speaker.model import (EMBEDDING_LAYER, CosineDense, attach_head, build_embedding_model,
-                                copy_weights_by_name, embedding_part, speaker_logits, triplet_loss,
-                                am_margin_at)
+from deep_speaker.model import (EMBEDDING_LAYER, CosineDense, am_margin_at, attach_head, build_embedding_model,
+                                copy_weights_by_name, embedding_part, speaker_logits, triplet_loss)
 
 SMALL = Config(width=0.125)
 

@@ -33,6 +33,10 @@ class Config:
     # Speed perturbation (Ko et al. 2015): each factor f adds a pseudo-speaker
     # "<speaker>-sp<f>" whose audio plays f times faster (pitch shifts too), e.g. [0.9, 1.1].
     speed_perturbations: list = field(default_factory=list)
+    # Augmented copies (deep_speaker.augmentation): each speaker (and speed-perturbed
+    # pseudo-speaker) gets this many noisy/reverberant/band-limited copies "<speaker>-aug<k>"
+    # of its training utterances, which training always merges back into the speaker.
+    augment_copies: int = 0
 
     # --- model ---
     model_name: str = "rescnn"  # key of deep_speaker.model.MODEL_BUILDERS
@@ -40,6 +44,10 @@ class Config:
     embedding_dim: int = 512  # paper: affine to 512, then L2 normalisation
     clipped_relu_max: float = 20.0  # paper: min(max(x, 0), 20)
     weight_decay: float = 1e-4  # L2 on convolution and dense kernels
+    # Weight of the old value in batch norm's moving statistics (PyTorch's default; Keras's
+    # 0.99 leaves them a third at their initial values after 100 steps, so a short run scores
+    # every held-out window as one class although batch statistics classify it).
+    batch_norm_momentum: float = 0.9
     head: str = "softmax"  # softmax head: "softmax" (seed) or "amsoftmax" (cosine, additive margin)
     am_scale: float = 30.0  # AM-softmax logit scale s
     am_margin: float = 0.2  # AM-softmax additive margin m
@@ -167,6 +175,7 @@ _RANGES = {
     "sample_rate_hz": (1000, 192000), "trim_percentile": (0.0, 100.0), "trim_top_db": (0.1, 200.0),
     "min_voice_ms": (0.0, 60000.0), "num_fbanks": (1, 512), "frame_length_ms": (1.0, 1000.0),
     "frame_shift_ms": (1.0, 1000.0), "fft_size": (16, 65536), "preemphasis": (0.0, 1.0),
+    "batch_norm_momentum": (0.0, 0.9999), "augment_copies": (0, 100),
     "test_fraction": (0.0, 0.99), "split_seed": (-2 ** 63, 2 ** 63 - 1), "width": (1e-4, 100.0),
     "embedding_dim": (1, 65536), "clipped_relu_max": (1e-6, 1e6), "weight_decay": (0.0, 1.0),
     "am_scale": (1e-3, 1e4), "am_margin": (0.0, 10.0), "am_margin_warmup_epochs": (0, 1_000_000),

@@ -45,7 +45,8 @@ def _conv(x, filters, kernel, strides, name, config, synchronized):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
                       kernel_initializer="glorot_uniform",
                       kernel_regularizer=keras.regularizers.L2(config.weight_decay), name=name)(x)
-    return layers.BatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
+    return layers.BatchNormalization(momentum=config.batch_norm_momentum, synchronized=synchronized,
+                                     name=f"{name}_bn")(x)
 
 
 def _clipped_relu(x, name, config):

@@ -40,7 +40,7 @@ from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trial
 from deep_speaker.model import (am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
                                 load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
-from deep_speaker.training_inputs import load_inputs, merge_perturbed_speakers
+from deep_speaker.training_inputs import load_inputs, merge_augmented_copies, merge_perturbed_speakers
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,7 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
 
     inputs = load_inputs(cache_dir)
     _check_features(inputs, config, cache_dir)
+    inputs = merge_augmented_copies(inputs)
     if config.perturbed_speakers == "augment":
         inputs = merge_perturbed_speakers(inputs)
     speakers = sorted(inputs)

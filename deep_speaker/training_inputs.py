@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from deep_speaker.audio import change_speed
+from deep_speaker.augmentation import AUGMENTATION_VERSION, augment_utterance, utterance_rng
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
 from deep_speaker.config import Config
 from deep_speaker.corpus import default_unseen_speakers
@@ -104,6 +105,34 @@ def unperturbed_speaker_id(speaker_id: str) -> str:
     return match["speaker"] if match else speaker_id
 
 
+def augmented_speaker_id(speaker_id: str, copy: int) -> str:
+    """Id of the augmented copy `copy` of a (pseudo-)speaker; copy 0 is the speaker itself.
+
+    >>> augmented_speaker_id('p225-sp0.9', 2), augmented_speaker_id('p225', 0)
+    ('p225-sp0.9-aug2', 'p225')
+    """
+    return f"{speaker_id}-aug{copy}" if copy else speaker_id
+
+
+_AUGMENTED_ID = re.compile(r"^(?P<speaker>.+)-aug\d+$")  # as augmented_speaker_id writes it
+
+
+def merge_augmented_copies(inputs: dict[str, dict]) -> dict[str, dict]:
+    """Inputs where each augmented copy's training utterances join its
+    speaker's: a noisy copy is the same voice, never a class of its own.
+
+    Copies carry no test part (stage 2 writes none); a copy whose speaker is
+    not in `inputs` is dropped.
+    """
+    merged = {speaker: {**data, "train": list(data["train"])} for speaker, data in inputs.items()
+              if not _AUGMENTED_ID.match(speaker)}
+    for speaker, data in sorted(inputs.items()):
+        match = _AUGMENTED_ID.match(speaker)
+        if match and match["speaker"] in merged:
+            merged[match["speaker"]]["train"].extend(data["train"])
+    return merged
+
+
 def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
     """Inputs where each speed-perturbed pseudo-speaker's training utterances
     join its speaker's (config.perturbed_speakers == "augment").
@@ -122,9 +151,12 @@ def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
     return merged
 
 
-def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, speed: float = 1.0) -> dict:
+def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, speed: float = 1.0,
+                   copy: int = 0) -> dict:
     """The inputs dict of one speaker from its cached utterances (at `speed`,
-    as the pseudo-speaker `perturbed_speaker_id(speaker_id, speed)`)."""
+    as the pseudo-speaker `perturbed_speaker_id(speaker_id, speed)`; with
+    copy > 0, its augmented copy `augmented_speaker_id(..., copy)`: degraded
+    training utterances (`deep_speaker.augmentation`) and no test part)."""
     fbanks, utterance_ids = [], []
     for path in cache_files:
         record = load_cached_utterance(path)
@@ -133,6 +165,9 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
         voice = record["audio_voice_only"]
         if speed != 1.0:
             voice = change_speed(voice, config.sample_rate_hz, speed)
+        if copy:
+            voice = augment_utterance(voice, config.sample_rate_hz,
+                                      utterance_rng(f"{record['utterance_id']}@{speed:g}", copy))
         fbanks.append(compute_fbank(voice, config))
         utterance_ids.append(record["utterance_id"])
     if len(fbanks) == 1:
@@ -145,10 +180,13 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
         train_idx, test_idx = split_utterances(utterance_ids, speaker_id, config)
         train_raw, test_raw = [fbanks[i] for i in train_idx], [fbanks[i] for i in test_idx]
         train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
+    if copy:  # degraded copies of test utterances would only duplicate the test set
+        test_raw, test_ids = [], []
     stacked = np.concatenate(train_raw, axis=0)
     return {
-        "speaker_id": perturbed_speaker_id(speaker_id, speed),
+        "speaker_id": augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy),
         "speed": speed,
+        "augmented_copy": copy,
         "train": [normalize_utterance(f) for f in train_raw],
         "test": [normalize_utterance(f) for f in test_raw],
         "train_utterances": train_ids,
@@ -159,7 +197,11 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
     }
 
 
-def _signature(cache_files: list[Path], config: Config, speed: float) -> str:
+def _variant_id(speaker_id: str, speed: float, copy: int) -> str:
+    return augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy)
+
+
+def _signature(cache_files: list[Path], config: Config, speed: float, copy: int) -> str:
     """Changes when the speaker's cached files or the feature settings change."""
     digest = hashlib.sha1()
     for path in cache_files:
@@ -167,6 +209,8 @@ def _signature(cache_files: list[Path], config: Config, speed: float) -> str:
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     digest.update(repr(sorted(config.feature_settings().items())).encode())
     digest.update(f"{config.test_fraction}:{config.split_seed}:{speed}".encode())
+    if copy:
+        digest.update(f":aug{copy}:v{AUGMENTATION_VERSION}".encode())
     return digest.hexdigest()
 
 
@@ -204,15 +248,15 @@ def _write_with_signature(path: Path, write, signature: str, stamp: bool = False
                                str(error.filename or path)) from None
 
 
-def _speaker_job(job: tuple[str, list[Path], Path, Config, float]) -> tuple[str, str, int, str | None]:
+def _speaker_job(job: tuple[str, list[Path], Path, Config, float, int]) -> tuple[str, str, int, str | None]:
     """Writes one (pseudo-)speaker's inputs; returns (id, 'written'|'skipped'|'failed', frames, error)."""
-    base_speaker, cache_files, output_path, config, speed = job
-    speaker_id = perturbed_speaker_id(base_speaker, speed)
+    base_speaker, cache_files, output_path, config, speed, copy = job
+    speaker_id = _variant_id(base_speaker, speed, copy)
     try:
-        signature = _signature(cache_files, config, speed)
+        signature = _signature(cache_files, config, speed, copy)
         if _is_up_to_date(output_path, signature):
             return speaker_id, "skipped", 0, None
-        inputs = speaker_inputs(base_speaker, cache_files, config, speed)
+        inputs = speaker_inputs(base_speaker, cache_files, config, speed, copy)
     except Exception as error:  # one bad speaker never stops the others
         output_path.unlink(missing_ok=True)  # no stale inputs from an older cache: it is left out everywhere
         signature_path(output_path).unlink(missing_ok=True)
@@ -260,8 +304,9 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
             tmp.unlink(missing_ok=True)
     training_speakers = [s for s in by_speaker if s not in set(unseen_speakers)]
     speeds = [1.0] + [float(f) for f in config.speed_perturbations if float(f) != 1.0]
-    entries = [(s, speed) for s in training_speakers for speed in speeds]
-    training = [perturbed_speaker_id(s, speed) for s, speed in entries]
+    entries = [(s, speed, copy) for s in training_speakers for speed in speeds
+               for copy in range(config.augment_copies + 1)]
+    training = [_variant_id(*entry) for entry in entries]
     removed = 0
     for stale in inputs_dir.glob("*.pkl"):  # a speaker now unseen must not train
         if stale.stem not in training:
@@ -271,8 +316,8 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
         if not stale.with_suffix("").exists():
             stale.unlink()
     source_dir = audio_cache_dir(cache_dir)
-    jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{perturbed_speaker_id(s, speed)}.pkl", config,
-             speed) for s, speed in entries]
+    jobs = [(s, [source_dir / n for n in by_speaker[s]], inputs_dir / f"{_variant_id(s, speed, copy)}.pkl", config,
+             speed, copy) for s, speed, copy in entries]
     with progress_bar(total=len(jobs), desc="training inputs", unit="speaker") as bar:
         for speaker_id, status, frames, error in map_jobs(_speaker_job, jobs, workers):
             bar.update(1)

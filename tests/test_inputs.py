@@ -249,6 +249,19 @@ def test_augment_mode_merges_perturbed_copies_into_their_speakers_training_data(
     assert len(inputs["a"]["train"]) == 1  # the caller's inputs are left as they were
 
 
+def test_augmented_copies_always_join_their_own_speaker_or_pseudo_speaker():
+    from deep_speaker.training_inputs import merge_augmented_copies
+
+    inputs = {"a": _speaker([1], [2]), "a-aug1": _speaker([3], []), "a-sp0.9": _speaker([4], [5]),
+              "a-sp0.9-aug1": _speaker([6], []), "held-aug1": _speaker([7], [])}
+    merged = merge_augmented_copies(inputs)
+    assert sorted(merged) == ["a", "a-sp0.9"]
+    assert [u[0, 0] for u in merged["a"]["train"]] == [1, 3]
+    assert [u[0, 0] for u in merged["a-sp0.9"]["train"]] == [4, 6]
+    assert [u[0, 0] for u in merged["a"]["test"]] == [2]
+    assert len(inputs["a"]["train"]) == 1
+
+
 def test_perturbed_speakers_accepts_only_its_two_modes():
     assert Config().override(perturbed_speakers="augment").perturbed_speakers == "augment"
     with pytest.raises(ValueError, match="perturbed_speakers"):

@@ -49,6 +49,13 @@ def test_embeddings_are_unit_vectors_for_any_number_of_frames(small_model, frame
     assert not np.allclose(embeddings[0], embeddings[1])  # different inputs, different embeddings
 
 
+def test_batch_norm_momentum_comes_from_the_config():
+    layers = [layer for layer in build_embedding_model(Config(width=0.125, batch_norm_momentum=0.8)).layers
+              if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(layers) == 4 * (1 + 2 * 3) and {layer.momentum for layer in layers} == {0.8}
+    assert Config().batch_norm_momentum == 0.9
+
+
 def test_full_width_model_has_the_papers_24_million_parameters():
     model = build_embedding_model(Config(width=1.0))
     assert 23.5e6 <= model.count_params() <= 24.5e6, model.count_params()

@@ -178,6 +178,35 @@ def test_training_inputs_per_speaker_and_full(libri_cache, capsys):
     assert inputs_line(run(capsys, "--generate_training_inputs", "--cache_output_dir", libri_cache)[1]) == (0, 3, 0)
 
 
+def test_augmented_copies_hold_degraded_training_utterances_only(libri_cache, capsys):
+    code, out, _ = run(capsys, "--generate_training_inputs", "--augment_copies", "2", "--unseen_speakers", "27",
+                       "--cache_output_dir", libri_cache)
+
+    assert code == 0 and inputs_line(out) == (6, 0, 0)  # 2 speakers x (clean + 2 copies)
+    full = load_pickle(libri_cache / "full_inputs.pkl")
+    assert sorted(full) == ["19", "19-aug1", "19-aug2", "26", "26-aug1", "26-aug2"]
+    for speaker in ("19", "26"):
+        clean = full[speaker]
+        for copy in (1, 2):
+            augmented = full[f"{speaker}-aug{copy}"]
+            assert augmented["speaker_id"] == f"{speaker}-aug{copy}" and augmented["augmented_copy"] == copy
+            assert augmented["test"] == [] and augmented["train_utterances"] == clean["train_utterances"]
+            for noisy, original in zip(augmented["train"], clean["train"]):
+                assert noisy.shape == original.shape and noisy.dtype == np.float32
+                assert not np.allclose(noisy, original)
+                np.testing.assert_allclose(noisy.mean(axis=0), 0, atol=1e-4)  # normalised like the rest
+        assert not np.allclose(full[f"{speaker}-aug1"]["train"][0], full[f"{speaker}-aug2"]["train"][0])
+    # training sees two speakers, each with three times the training utterances
+    from deep_speaker.training_inputs import merge_augmented_copies
+    merged = merge_augmented_copies(full)
+    assert sorted(merged) == ["19", "26"] and [len(merged[s]["train"]) for s in merged] == [6, 6]
+    assert inputs_line(run(capsys, "--generate_training_inputs", "--augment_copies", "2", "--unseen_speakers", "27",
+                           "--cache_output_dir", libri_cache)[1]) == (0, 6, 0)
+    # without copies they are removed, so they never train by accident
+    run(capsys, "--generate_training_inputs", "--unseen_speakers", "27", "--cache_output_dir", libri_cache)
+    assert sorted(p.stem for p in (libri_cache / "inputs").glob("*.pkl")) == ["19", "26"]
+
+
 def _raw_fbank(cache: Path, utterance_id: str) -> np.ndarray:
     from deep_speaker.features import compute_fbank
 

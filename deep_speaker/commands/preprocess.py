@@ -6,7 +6,7 @@ import contextlib
 import math
 
 from deep_speaker.commands.common import (comma_floats, DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
-                                          positive_int, run, setup_logging)
+                                          non_negative_int, positive_int, run, setup_logging)
 
 
 def build_parser():
@@ -36,6 +36,9 @@ def build_parser():
                         "none for other corpora)")
     p.add_argument("--speed_perturb", type=comma_floats, default=[], metavar="F1,F2",
                    help="training inputs: add speed-perturbed pseudo-speakers <speaker>-sp<F>, e.g. 0.9,1.1")
+    p.add_argument("--augment_copies", type=non_negative_int, default=0, metavar="N",
+                   help="training inputs: add N noisy/reverberant/band-limited copies of each speaker's training "
+                        "utterances (<speaker>-aug<K>, merged back into the speaker by training)")
     p.add_argument("--lock_timeout", type=non_negative_float, default=None, metavar="SECONDS",
                    help="when another run is working on the same cache folder, give up after this many seconds "
                         "(default: wait until it finishes; --shard runs of one job array do not wait for each other)")
@@ -68,7 +71,12 @@ def _main(argv) -> int:
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
 
-    config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb)
+    config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb,
+                               augment_copies=args.augment_copies)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.generate_training_inputs:

@@ -44,6 +44,8 @@ def build_parser():
     p.add_argument("--perturbed_speakers", choices=("classes", "augment"), default=DEFAULTS.perturbed_speakers,
                    help="speed-perturbed copies <speaker>-sp<f> in the inputs: speakers of their own (classes) "
                         "or more training data of their speaker (augment)")
+    p.add_argument("--batch_norm_momentum", type=float, default=DEFAULTS.batch_norm_momentum,
+                   help="weight of the old value in batch norm's moving statistics (0..0.9999)")
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of initialisation and batches")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                    help="tf.distribute strategy: one device, all local GPUs, or workers over TF_CONFIG")
@@ -74,7 +76,11 @@ def _main(argv) -> int:
                                head=args.head, triplet_margin=args.triplet_margin, negatives=args.negatives,
                                spec_augment=args.spec_augment, perturbed_speakers=args.perturbed_speakers,
                                am_margin_warmup_epochs=args.am_margin_warmup_epochs,
-                               seed=args.seed)
+                               batch_norm_momentum=args.batch_norm_momentum, seed=args.seed)
+    try:
+        config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if stage == "triplet" and args.batch_size * 3 > 3 * 1024:
         raise CommandError("--batch_size of triplets above 1024")
     try:

@@ -110,6 +110,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def checked_config(config):
+    """`config` after its range checks; an out-of-range value is a one-line CommandError."""
+    try:
+        return config.validate()
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -5,8 +5,8 @@ import argparse
 import contextlib
 import math
 
-from deep_speaker.commands.common import (comma_floats, DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
-                                          non_negative_int, positive_int, run, setup_logging)
+from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, checked_config, comma_floats,
+                                          comma_list, non_negative_int, parser, positive_int, run, setup_logging)
 
 
 def build_parser():
@@ -73,10 +73,7 @@ def _main(argv) -> int:
 
     config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb,
                                augment_copies=args.augment_copies)
-    try:
-        config.validate()
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    checked_config(config)
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.generate_training_inputs:

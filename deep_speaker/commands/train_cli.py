@@ -1,9 +1,8 @@
 """train_cli.py: the seed's three training commands."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
-                                          non_negative_int, positive_float, positive_int, run,
-                                          setup_logging)
+from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, checked_config,
+                                          non_negative_int, parser, positive_float, positive_int, run, setup_logging)
 from deep_speaker.config import Config
 
 DEFAULTS = Config()
@@ -77,10 +76,7 @@ def _main(argv) -> int:
                                spec_augment=args.spec_augment, perturbed_speakers=args.perturbed_speakers,
                                am_margin_warmup_epochs=args.am_margin_warmup_epochs,
                                batch_norm_momentum=args.batch_norm_momentum, seed=args.seed)
-    try:
-        config.validate()
-    except ValueError as error:
-        raise CommandError(str(error)) from None
+    checked_config(config)
     if stage == "triplet" and args.batch_size * 3 > 3 * 1024:
         raise CommandError("--batch_size of triplets above 1024")
     try:

@@ -13,9 +13,9 @@ HELDOUT=$(grep -v '^#' scripts/pretrained_heldout.txt | paste -sd, -)
 python scripts/preprocess.py --regenerate_full_cache --multi_threading --cache_output_dir "$WORK/cache" \
   --audio_dir "$DATA/librispeech" --audio_dir "$DATA/speechocean762"
 python scripts/preprocess.py --generate_training_inputs --multi_threading --cache_output_dir "$WORK/cache" \
-  --unseen_speakers "$HELDOUT" --speed_perturb 0.9,1.1 --augment_copies 1
+  --unseen_speakers "$HELDOUT" --speed_perturb 0.9,1.1
 COMMON=(--cache_output_dir "$WORK/cache" --checkpoint_dir "$WORK/checkpoints" --width 0.25 --seed 7
-        --perturbed_speakers classes)
+        --perturbed_speakers classes --batch_norm_momentum 0.99)
 python scripts/train_cli.py --loss_on_softmax --head amsoftmax --spec_augment --lr_schedule cosine \
   --am_margin_warmup_epochs 10 \
   --epochs ${SOFTMAX_EPOCHS:-40} --steps_per_epoch 100 --batch_size 64 --lr 0.002 "${COMMON[@]}"

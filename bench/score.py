@@ -23,8 +23,10 @@ any program pays once per length. So the run also times
     same embedding calls on the same frames (read from .npy), cold, as a user
     who skips deep-speaker's commands would write it;
 
-and prints (a - b) / (d - b): the command against the cold model compute. Each time is the minimum (and median) over
---repeats runs, interleaved so background load hits every measurement alike.
+and prints (a - b) / (d - b): the command against the cold model compute.
+
+Each time is the minimum (and median) over --repeats runs, interleaved so
+background load hits every measurement alike.
 On a shared machine wall times swing with other jobs, so the same ratio is
 also given in CPU seconds (user + system, all threads; children's rusage for
 the subprocesses, process_time for the in-process compute), which load moves

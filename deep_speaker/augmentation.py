@@ -52,10 +52,13 @@ def coloured_noise(num_samples: int, slope: float, rng: np.random.Generator) -> 
     return noise / max(float(np.sqrt(np.mean(noise ** 2))), 1e-12)
 
 
+def _mean_power(audio: np.ndarray) -> float:
+    return float(np.mean(np.square(audio, dtype=np.float64)))
+
+
 def add_noise(audio: np.ndarray, snr_db: float, slope: float, rng: np.random.Generator) -> np.ndarray:
     """`audio` plus coloured noise at `snr_db` below its mean power."""
-    power = float(np.mean(np.square(audio, dtype=np.float64)))
-    return audio + coloured_noise(len(audio), slope, rng) * np.sqrt(power / 10 ** (snr_db / 10))
+    return audio + coloured_noise(len(audio), slope, rng) * np.sqrt(_mean_power(audio) / 10 ** (snr_db / 10))
 
 
 def room_response(sample_rate_hz: int, rt60_s: float, direct_to_reverberant_db: float,
@@ -71,7 +74,7 @@ def room_response(sample_rate_hz: int, rt60_s: float, direct_to_reverberant_db: 
 def reverberate(audio: np.ndarray, response: np.ndarray) -> np.ndarray:
     """`audio` convolved with `response`, cut to its length and brought back to its power."""
     wet = signal.fftconvolve(audio, response)[:len(audio)]
-    scale = np.sqrt(np.mean(np.square(audio, dtype=np.float64)) / max(float(np.mean(wet ** 2)), 1e-20))
+    scale = np.sqrt(_mean_power(audio) / max(_mean_power(wet), 1e-20))
     return wet * scale
 
 

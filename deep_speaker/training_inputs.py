@@ -117,6 +117,16 @@ def augmented_speaker_id(speaker_id: str, copy: int) -> str:
 _AUGMENTED_ID = re.compile(r"^(?P<speaker>.+)-aug\d+$")  # as augmented_speaker_id writes it
 
 
+def unaugmented_speaker_id(speaker_id: str) -> str:
+    """The (pseudo-)speaker an augmented copy was made from (itself when not a copy).
+
+    >>> unaugmented_speaker_id('p225-sp0.9-aug2'), unaugmented_speaker_id('p225')
+    ('p225-sp0.9', 'p225')
+    """
+    match = _AUGMENTED_ID.match(speaker_id)
+    return match["speaker"] if match else speaker_id
+
+
 def merge_augmented_copies(inputs: dict[str, dict]) -> dict[str, dict]:
     """Inputs where each augmented copy's training utterances join its
     speaker's: a noisy copy is the same voice, never a class of its own.
@@ -124,13 +134,7 @@ def merge_augmented_copies(inputs: dict[str, dict]) -> dict[str, dict]:
     Copies carry no test part (stage 2 writes none); a copy whose speaker is
     not in `inputs` is dropped.
     """
-    merged = {speaker: {**data, "train": list(data["train"])} for speaker, data in inputs.items()
-              if not _AUGMENTED_ID.match(speaker)}
-    for speaker, data in sorted(inputs.items()):
-        match = _AUGMENTED_ID.match(speaker)
-        if match and match["speaker"] in merged:
-            merged[match["speaker"]]["train"].extend(data["train"])
-    return merged
+    return _merge_training_data(inputs, unaugmented_speaker_id)
 
 
 def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
@@ -142,10 +146,17 @@ def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
     rather than leak into training or duplicate the test set. A pseudo-speaker
     whose speaker is not in `inputs` (held out, or filtered) is dropped too.
     """
+    return _merge_training_data(inputs, unperturbed_speaker_id)
+
+
+def _merge_training_data(inputs: dict[str, dict], base_speaker_id) -> dict[str, dict]:
+    """Inputs of the speakers that are their own base, each with the training
+    utterances of the pseudo-speakers made from it appended (in sorted id order);
+    the caller's lists are left as they were."""
     merged = {speaker: {**data, "train": list(data["train"])} for speaker, data in inputs.items()
-              if unperturbed_speaker_id(speaker) == speaker}
+              if base_speaker_id(speaker) == speaker}
     for speaker, data in sorted(inputs.items()):
-        base = unperturbed_speaker_id(speaker)
+        base = base_speaker_id(speaker)
         if base != speaker and base in merged:
             merged[base]["train"].extend(data["train"])
     return merged

@@ -23,9 +23,9 @@ setup(
         "console_scripts": [
             "deep-speaker-preprocess=deep_speaker.commands.preprocess:main",
             "deep-speaker-train=deep_speaker.commands.train_cli:main",
-            "deep-speaker-comp-cos=deep_speaker.commands.comp_cos:main",
-            "deep-speaker-get-emb=deep_speaker.commands.get_emb:main",
-            "deep-speaker-evaluate=deep_speaker.commands.evaluate:main",
+            "deep-speaker-comp-cos=deep_speaker.commands.comp_cos:cli",
+            "deep-speaker-get-emb=deep_speaker.commands.get_emb:cli",
+            "deep-speaker-evaluate=deep_speaker.commands.evaluate:cli",
             "deep-speaker-download-vctk=deep_speaker.commands.download_vctk:main",
             "deep-speaker-export=deep_speaker.commands.export_model:main",
             "deep-speaker-pipeline=deep_speaker.commands.pipeline:main",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without installing
 
-from deep_speaker.commands.get_emb import main  # noqa: E402
+from deep_speaker.commands.get_emb import cli  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli()

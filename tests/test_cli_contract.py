@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -341,3 +342,22 @@ def test_every_script_wrapper_gives_one_line_for_a_bad_flag():
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, (name, err)
         assert out == ""
+
+
+def test_scoring_commands_exit_without_teardown_but_keep_their_output():
+    """comp_cos/get_emb/evaluate end with exit_skipping_teardown (os._exit saves ~1.3 s
+    after TensorFlow): what they printed to a pipe and logged must still arrive, with
+    their exit code, and the scripts and console entry points must go through it."""
+    code = ("import logging, sys; from deep_speaker.commands.common import exit_skipping_teardown, setup_logging; "
+            "setup_logging(); print('result on a pipe'); print('to stderr', file=sys.stderr); "
+            "logging.getLogger('deep_speaker').info('a log line'); exit_skipping_teardown(3)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env=env)
+    assert done.returncode == 3
+    assert done.stdout == "result on a pipe\n"
+    assert "to stderr" in done.stderr and "a log line" in done.stderr
+    setup_text = (REPO / "setup.py").read_text()
+    for name in ("comp_cos", "get_emb", "evaluate"):
+        assert "cli()" in (REPO / "scripts" / f"{name}.py").read_text(), name
+        assert f"deep_speaker.commands.{name}:cli" in setup_text, name

@@ -1,7 +1,7 @@
 """evaluate.py: speaker-verification evaluation with EER, minDCF and plots."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import add_model_arguments, parser, run, setup_logging
+from deep_speaker.commands.common import add_model_arguments, exit_skipping_teardown, parser, run, setup_logging
 
 
 def build_parser():
@@ -20,6 +20,11 @@ def build_parser():
 
 def main(argv=None) -> int:
     return run(_main, argv)
+
+
+def cli() -> None:
+    """The command-line entry point: main(), then a quick exit (see exit_skipping_teardown)."""
+    exit_skipping_teardown(main())
 
 
 def _main(argv) -> int:

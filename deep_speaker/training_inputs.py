@@ -168,28 +168,34 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
     as the pseudo-speaker `perturbed_speaker_id(speaker_id, speed)`; with
     copy > 0, its augmented copy `augmented_speaker_id(..., copy)`: degraded
     training utterances (`deep_speaker.augmentation`) and no test part)."""
-    fbanks, utterance_ids = [], []
+    voices, utterance_ids = [], []
     for path in cache_files:
         record = load_cached_utterance(path)
         if record["sample_rate"] != config.sample_rate_hz:
             raise ValueError(f"{path}: cached at {record['sample_rate']} Hz, config wants {config.sample_rate_hz} Hz")
-        voice = record["audio_voice_only"]
+        voices.append(record["audio_voice_only"])
+        utterance_ids.append(record["utterance_id"])
+
+    def features_of(index: int) -> np.ndarray:
+        voice = voices[index]
         if speed != 1.0:
             voice = change_speed(voice, config.sample_rate_hz, speed)
         if copy:
             voice = augment_utterance(voice, config.sample_rate_hz,
-                                      utterance_rng(f"{record['utterance_id']}@{speed:g}", copy))
-        fbanks.append(compute_fbank(voice, config))
-        utterance_ids.append(record["utterance_id"])
-    if len(fbanks) == 1:
+                                      utterance_rng(f"{utterance_ids[index]}@{speed:g}", copy))
+        return compute_fbank(voice, config)
+
+    if len(voices) == 1:
         # One utterance: split it in time, the first part trains.
-        frames = fbanks[0]
+        frames = features_of(0)
         cut = max(1, int(round(len(frames) * (1 - config.test_fraction))))
         train_raw, test_raw = [frames[:cut]], [frames[cut:]] if cut < len(frames) else []
         train_ids, test_ids = [utterance_ids[0]], [utterance_ids[0]] if test_raw else []
     else:
         train_idx, test_idx = split_utterances(utterance_ids, speaker_id, config)
-        train_raw, test_raw = [fbanks[i] for i in train_idx], [fbanks[i] for i in test_idx]
+        if copy:  # not even featurised: see below
+            test_idx = []
+        train_raw, test_raw = [features_of(i) for i in train_idx], [features_of(i) for i in test_idx]
         train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
     if copy:  # degraded copies of test utterances would only duplicate the test set
         test_raw, test_ids = [], []

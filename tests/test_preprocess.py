@@ -207,6 +207,21 @@ def test_augmented_copies_hold_degraded_training_utterances_only(libri_cache, ca
     assert sorted(p.stem for p in (libri_cache / "inputs").glob("*.pkl")) == ["19", "26"]
 
 
+def test_augmented_copies_do_not_even_degrade_test_utterances(libri_cache, monkeypatch):
+    """A copy has no test part, so stage 2 spends no augmentation or fbank on its test utterances."""
+    import deep_speaker.training_inputs as training_inputs
+
+    degraded = []
+    augment = training_inputs.augment_utterance
+    monkeypatch.setattr(training_inputs, "augment_utterance",
+                        lambda audio, rate, rng: degraded.append(len(audio)) or augment(audio, rate, rng))
+    files = sorted((libri_cache / AUDIO_CACHE_DIR).glob("19-*.pkl"))
+    clean = training_inputs.speaker_inputs("19", files, Config())
+    copy = training_inputs.speaker_inputs("19", files, Config(), copy=1)
+    assert len(files) == 3 and clean["test"] and not copy["test"]
+    assert len(degraded) == len(copy["train"]) == len(clean["train_utterances"]) == 2
+
+
 def _raw_fbank(cache: Path, utterance_id: str) -> np.ndarray:
     from deep_speaker.features import compute_fbank
 

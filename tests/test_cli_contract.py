@@ -361,3 +361,17 @@ def test_scoring_commands_exit_without_teardown_but_keep_their_output():
     for name in ("comp_cos", "get_emb", "evaluate"):
         assert "cli()" in (REPO / "scripts" / f"{name}.py").read_text(), name
         assert f"deep_speaker.commands.{name}:cli" in setup_text, name
+
+
+def test_a_closed_output_pipe_stops_a_command_quietly():
+    """`get_emb.py ... | head -1`: no 'error: Broken pipe' line, no traceback."""
+    code = ("import sys; from deep_speaker.commands.common import exit_skipping_teardown, run\n"
+            "def body(argv):\n"
+            "    for k in range(100000): print('row', k)\n"
+            "exit_skipping_teardown(run(body))")
+    reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    first = reader.stdout.readline()
+    reader.stdout.close()  # what `head -1` does after one line
+    err = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 1
+    assert first == b"row 0\n" and err == ""

@@ -151,6 +151,9 @@ def run(body, argv=None) -> int:
     except (CommandError, AudioError, FileNotFoundError, ValueError, PermissionError) as error:
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at flush
+        return 1
     except OSError as error:  # disk full, read-only folder, ...
         message = f"{error.filename or ''}: {error.strerror or error}".removeprefix(": ")
         print(f"error: {_one_line(message)}", file=sys.stderr)

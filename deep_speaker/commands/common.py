@@ -140,6 +140,13 @@ def exit_skipping_teardown(code: int | None) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0)
 
 
+def quick_exit_entry_point(main):
+    """The console entry point of a scoring command: main(), then exit_skipping_teardown."""
+    def cli() -> None:
+        exit_skipping_teardown(main())
+    return cli
+
+
 def run(body, argv=None) -> int:
     """Call body(argv) and map expected failures to one line on stderr, exit 2."""
     from deep_speaker.audio import AudioError

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, add_model_arguments, comma_list, parser, positive_int,
-                                          exit_skipping_teardown, run, setup_logging)
+                                          quick_exit_entry_point, run, setup_logging)
 
 
 def build_parser():
@@ -34,9 +34,7 @@ def main(argv=None) -> int:
     return run(_main, argv)
 
 
-def cli() -> None:
-    """The command-line entry point: main(), then a quick exit (see exit_skipping_teardown)."""
-    exit_skipping_teardown(main())
+cli = quick_exit_entry_point(main)  # scripts and console entry points
 
 
 def _main(argv) -> int:

@@ -1,7 +1,7 @@
 """evaluate.py: speaker-verification evaluation with EER, minDCF and plots."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import add_model_arguments, exit_skipping_teardown, parser, run, setup_logging
+from deep_speaker.commands.common import add_model_arguments, quick_exit_entry_point, parser, run, setup_logging
 
 
 def build_parser():
@@ -22,9 +22,7 @@ def main(argv=None) -> int:
     return run(_main, argv)
 
 
-def cli() -> None:
-    """The command-line entry point: main(), then a quick exit (see exit_skipping_teardown)."""
-    exit_skipping_teardown(main())
+cli = quick_exit_entry_point(main)  # scripts and console entry points
 
 
 def _main(argv) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from deep_speaker.commands.common import (add_model_arguments, DEFAULT_CACHE_DIR, CommandError, parser,
-                                          exit_skipping_teardown, positive_int, run, setup_logging)
+                                          quick_exit_entry_point, positive_int, run, setup_logging)
 from deep_speaker.corpus import AUDIO_EXTENSIONS
 
 
@@ -30,9 +30,7 @@ def main(argv=None) -> int:
     return run(_main, argv)
 
 
-def cli() -> None:
-    """The command-line entry point: main(), then a quick exit (see exit_skipping_teardown)."""
-    exit_skipping_teardown(main())
+cli = quick_exit_entry_point(main)  # scripts and console entry points
 
 
 def _looks_like_files(items: list[str]) -> bool:

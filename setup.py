@@ -19,6 +19,9 @@ setup(
     include_package_data=True,
     install_requires=REQUIREMENTS,
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    # The seed's command names, on PATH as typed in its README (get_emb.py --get_embeddings ...).
+    scripts=[f"scripts/{name}.py" for name in ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate",
+                                               "download_vctk", "export_model", "pipeline")],
     entry_points={
         "console_scripts": [
             "deep-speaker-preprocess=deep_speaker.commands.preprocess:main",

@@ -205,27 +205,35 @@ def _other_utterance(sampler: WindowSampler, seed, speakers, utterances):
 
 def evaluation_windows(bank: UtteranceBank, num_frames: int, max_utterances: int, seed: int
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic held-out crops for per-epoch evaluation: two per speaker,
-    so there are target trials for the EER.
+    """Deterministic held-out crops for per-epoch evaluation: centre crops of
+    up to max_utterances held-out utterances, at least two per speaker so there
+    are target trials for the EER.
 
-    Up to max_utterances // 2 speakers (seeded choice); each gives the centre
-    crops of two different utterances, or of the two halves of its only one.
+    Many speakers (more than max_utterances // 2): a seeded choice of that many,
+    two utterances each. Fewer: every speaker, each with an equal share of the
+    budget (all its utterances when it has fewer), so a small corpus is judged
+    on all its held-out audio, not on two crops per speaker. A speaker with a
+    single utterance gives the centre crops of its two halves.
     Returns windows (n, num_frames, num_fbanks, 1) and labels (n,).
     """
     rng = np.random.default_rng(seed)
     speakers = np.flatnonzero(bank.utterance_count > 0)
     speakers = np.sort(rng.permutation(speakers)[:max(1, max_utterances // 2)])
-    first, count = bank.first_utterance[speakers], bank.utterance_count[speakers]
-    pick = first + rng.integers(0, count)
-    other = np.where(count > 1, first + (pick - first + 1 + rng.integers(0, np.maximum(count - 1, 1))) % count, pick)
-    utterances = np.stack([pick, other], axis=1).reshape(-1)
+    share = max(2, max_utterances // max(1, len(speakers)))
+    utterances, part = [], []  # part: 0 the whole utterance, 1 its first half, 2 its second half
+    for first, count in zip(bank.first_utterance[speakers], bank.utterance_count[speakers]):
+        if count == 1:
+            utterances += [first, first]
+            part += [1, 2]
+        else:
+            chosen = np.sort(rng.choice(count, size=min(count, share), replace=False))
+            utterances += (first + chosen).tolist()
+            part += [0] * len(chosen)
+    utterances, part = np.asarray(utterances, np.int64), np.asarray(part)
     offsets, lengths = bank.offsets[utterances], bank.lengths[utterances]
-    # The two crops of a one-utterance speaker come from its two halves.
-    alone = np.repeat(count == 1, 2)
     half = np.maximum(lengths // 2, 1)
-    second_half = alone & (np.arange(len(utterances)) % 2 == 1)
-    offsets = np.where(second_half, offsets + half, offsets)
-    lengths = np.where(alone, np.where(second_half, lengths - half, half), lengths)
+    offsets = np.where(part == 2, offsets + half, offsets)
+    lengths = np.select([part == 1, part == 2], [half, lengths - half], lengths)
     starts = np.maximum(lengths - num_frames, 0) // 2
     rows = offsets[:, None] + (starts[:, None] + np.arange(num_frames)[None, :]) % lengths[:, None]
-    return bank.frames[rows][..., None], np.repeat(bank.labels[bank.first_utterance[speakers]], 2)
+    return bank.frames[rows][..., None], bank.labels[utterances]

@@ -189,14 +189,15 @@ def test_hard_triplets_take_the_most_similar_speaker(bank):
         np.testing.assert_array_equal(negatives, [farthest[a] for a in anchors])
 
 
-def test_evaluation_windows_are_two_centre_crops_per_speaker():
+def test_evaluation_windows_are_centre_crops_of_held_out_utterances():
     lengths = {"a": [40, 31, 60], "b": [90], "c": [300, 12], "d": []}
     inputs = synthetic_inputs(lengths)
     bank = make_bank(inputs, "train", sorted(inputs))
     frames = 30
     windows, labels = evaluation_windows(bank, frames, max_utterances=200, seed=0)
-    assert windows.shape == (6, frames, BANDS, 1)
-    np.testing.assert_array_equal(labels, [0, 0, 1, 1, 2, 2])  # every speaker with audio, twice
+    # Few speakers: every held-out utterance ("b" has one: its two halves).
+    assert windows.shape == (7, frames, BANDS, 1)
+    np.testing.assert_array_equal(labels, [0, 0, 0, 1, 1, 2, 2])
     crops = []
     for window, label in zip(windows[..., 0], labels):
         utterance, start = source_of(bank, window)
@@ -208,18 +209,24 @@ def test_evaluation_windows_are_two_centre_crops_per_speaker():
             length = int(bank.lengths[utterance])
             np.testing.assert_array_equal(
                 window, expected_window(bank, utterance, max(length - frames, 0) // 2, frames))
-    for first, second in zip(crops[::2], crops[1::2]):
-        assert first != second
+    assert len(set(crops)) == len(crops)  # no crop twice
     # "b" has one utterance: its two crops are the centres of its two halves.
     b_utterance = int(bank.first_utterance[1])
     source = bank.frames[bank.offsets[b_utterance]:bank.offsets[b_utterance] + 90]
-    np.testing.assert_array_equal(windows[2, ..., 0], source[7:7 + frames])
-    np.testing.assert_array_equal(windows[3, ..., 0], source[45 + 7:45 + 7 + frames])
+    np.testing.assert_array_equal(windows[3, ..., 0], source[7:7 + frames])
+    np.testing.assert_array_equal(windows[4, ..., 0], source[45 + 7:45 + 7 + frames])
     # Deterministic for a seed, limited to max_utterances // 2 speakers.
     again, _ = evaluation_windows(bank, frames, max_utterances=200, seed=0)
     np.testing.assert_array_equal(windows, again)
     few, few_labels = evaluation_windows(bank, frames, max_utterances=4, seed=0)
-    assert few.shape[0] == 4 and len(set(few_labels.tolist())) == 2
+    assert few.shape[0] == 4 and sorted(c for c in np.bincount(few_labels) if c) == [2, 2]
+    # Many speakers against the budget: two distinct utterances from each of max_utterances // 2 speakers.
+    many = synthetic_inputs({f"s{k:02d}": [40, 50, 60] for k in range(30)})
+    many_bank = make_bank(many, "train", sorted(many))
+    crops_of_many, many_labels = evaluation_windows(many_bank, frames, max_utterances=20, seed=0)
+    assert crops_of_many.shape[0] == 20 and sorted(c for c in np.bincount(many_labels) if c) == [2] * 10
+    sources = [source_of(many_bank, window)[0] for window in crops_of_many[..., 0]]
+    assert len(set(sources)) == 20
 
 
 def test_make_bank_keeps_labels_of_speakers_without_utterances():

@@ -87,6 +87,7 @@ class Embedder:
     def __init__(self, resolved: ResolvedModel):
         import tensorflow as tf
 
+        from deep_speaker.inference import fold_rescnn
         from deep_speaker.model import embedding_part, load_checkpoint
 
         self.resolved = resolved
@@ -102,9 +103,12 @@ class Embedder:
                                f"(input {expected}); not a deep-speaker embedding model with this config")
         self.model = model
         self.embedding_dim = int(model.output.shape[-1])
-        spec = tf.TensorSpec((1, None, self.config.num_fbanks, 1), tf.float32)
-        # One trace for every utterance length: no retracing per file.
-        self._embed_one = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        # The ResCNN runs folded and eager (no trace, no Keras overhead); any other
+        # model through one tf.function for every utterance length (no retracing per file).
+        self._embed_one = fold_rescnn(model, self.config.clipped_relu_max)
+        if self._embed_one is None:
+            spec = tf.TensorSpec((1, None, self.config.num_fbanks, 1), tf.float32)
+            self._embed_one = tf.function(lambda x: model(x, training=False), input_signature=[spec])
 
     def embed_features(self, features: list[np.ndarray]) -> np.ndarray:
         """(len(features), embedding_dim) unit rows, one per utterance."""

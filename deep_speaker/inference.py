@@ -1,0 +1,113 @@
+"""Fast whole-utterance inference for the ResCNN: batch norm folded into the
+convolutions, run as plain TensorFlow ops in eager mode.
+
+Why: a scoring command embeds a handful of utterances once, each of its own
+length. Calling the Keras model through a `tf.function` first traces it (about
+0.4 s of Python at any width) and then optimises the graph; eager Keras calls
+avoid that but pay Keras's per-layer Python overhead on every call. The folded
+forward pass below has neither: about 70 TensorFlow ops per utterance, each
+dispatched straight to the same oneDNN kernels, so a command's cost stays close
+to the bare model compute (see `bench/score.py`).
+
+In inference mode batch norm is the affine map gamma * (x - mean) / sqrt(var +
+eps) + beta, so conv followed by batch norm equals one convolution with kernel
+W * s and bias beta - mean * s, s = gamma / sqrt(var + eps). The result matches
+the Keras model to float rounding (tests/test_inference.py checks 1e-5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from deep_speaker.model import AFFINE_LAYER, RES_BLOCKS_PER_STAGE, STAGE_FILTERS
+
+
+@dataclass(frozen=True)
+class FoldedConv:
+    kernel: object  # tf.Tensor (kh, kw, in, out), batch-norm scale folded in
+    bias: object  # tf.Tensor (out,)
+    strides: tuple[int, int]
+
+
+class FoldedResCNN:
+    """The embedding function of a trained ResCNN: (batch, frames, num_fbanks, 1)
+    float32 -> (batch, embedding_dim) unit rows, equal to `model(x, training=False)`."""
+
+    def __init__(self, stages, affine_kernel, affine_bias, clip_max: float):
+        self.stages = stages  # [(FoldedConv, [(FoldedConv, FoldedConv), ...]), ...]
+        self.affine_kernel = affine_kernel
+        self.affine_bias = affine_bias
+        self.clip_max = clip_max
+
+    def __call__(self, batch):
+        import tensorflow as tf
+
+        x = tf.convert_to_tensor(batch, tf.float32)
+        for first, blocks in self.stages:
+            x = self._relu(self._conv(x, first))
+            for conv1, conv2 in blocks:
+                shortcut = x
+                x = self._relu(self._conv(x, conv1))
+                x = self._relu(self._conv(x, conv2) + shortcut)
+        # As the model's fold_frequency + temporal_average: (b, t, f, c) -> mean over t of (b, t, f * c).
+        x = tf.reduce_mean(x, axis=1)
+        x = tf.reshape(x, [tf.shape(x)[0], x.shape[1] * x.shape[2]])
+        x = tf.matmul(x, self.affine_kernel) + self.affine_bias
+        return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+
+    def _conv(self, x, conv: FoldedConv):
+        import tensorflow as tf
+
+        return tf.nn.bias_add(tf.nn.conv2d(x, conv.kernel, strides=conv.strides, padding="SAME"), conv.bias)
+
+    def _relu(self, x):
+        import tensorflow as tf
+
+        return tf.clip_by_value(x, 0.0, self.clip_max)
+
+
+def _folded_conv(model, name: str) -> FoldedConv:
+    import tensorflow as tf
+
+    conv, norm = model.get_layer(name), model.get_layer(f"{name}_bn")
+    if conv.padding != "same" or conv.use_bias or conv.data_format != "channels_last" or conv.dilation_rate != (1, 1):
+        raise ValueError(f"layer {name} is not the ResCNN's plain 'same' convolution")
+    kernel = np.asarray(conv.kernel.numpy(), np.float64)
+    mean = np.asarray(norm.moving_mean.numpy(), np.float64)
+    variance = np.asarray(norm.moving_variance.numpy(), np.float64)
+    gamma = np.asarray(norm.gamma.numpy(), np.float64) if norm.scale else np.ones_like(mean)
+    beta = np.asarray(norm.beta.numpy(), np.float64) if norm.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    return FoldedConv(tf.constant((kernel * scale).astype(np.float32)),
+                      tf.constant((beta - mean * scale).astype(np.float32)), tuple(conv.strides))
+
+
+def fold_rescnn(model, clip_max: float) -> FoldedResCNN | None:
+    """The folded forward pass of a deep-speaker ResCNN embedding model, or None
+    when the model is not laid out as `model.build_rescnn` builds it (then
+    callers use the Keras model itself)."""
+    import tensorflow as tf
+
+    # The same layers, no more: anything added to the architecture makes this fall back.
+    kinds = [type(layer).__name__ for layer in model.layers]
+    num_convs = len(STAGE_FILTERS) * (1 + 2 * RES_BLOCKS_PER_STAGE)
+    expected = {"Conv2D": num_convs, "BatchNormalization": num_convs, "Add": len(STAGE_FILTERS) * RES_BLOCKS_PER_STAGE,
+                "Dense": 1}
+    if any(kinds.count(kind) != count for kind, count in expected.items()):
+        return None
+    try:
+        stages = []
+        for stage in range(1, len(STAGE_FILTERS) + 1):
+            blocks = [(_folded_conv(model, f"res{stage}{letter}_conv1"), _folded_conv(model, f"res{stage}{letter}_conv2"))
+                      for letter in "abc"[:RES_BLOCKS_PER_STAGE]]
+            stages.append((_folded_conv(model, f"conv{stage}"), blocks))
+        affine = model.get_layer(AFFINE_LAYER)
+        relu = model.get_layer("conv1_relu")
+    except (ValueError, AttributeError):
+        return None
+    if getattr(relu, "negative_slope", 0.0) or getattr(relu, "threshold", 0.0) or relu.max_value is None:
+        return None
+    if float(relu.max_value) != float(clip_max):
+        return None
+    return FoldedResCNN(stages, tf.constant(affine.kernel.numpy()), tf.constant(affine.bias.numpy()), clip_max)

@@ -8,10 +8,15 @@ all in one run on one audio cache:
 (a) the wall time of the command as a subprocess, as a user runs it;
 (b) the wall time of a subprocess that only imports TensorFlow and loads the
     model (keras.models.load_model, as scoring does) and exits without the
-    interpreter's teardown, as the commands do: the start-up no command avoids;
+    interpreter's teardown, as the commands do: the start-up no command avoids
+    (in the commands' environment);
 (c) the bare model compute on the same frames: in this process, after a warm-up
     pass, only the embedding calls (one tf.function with the command's input
     signature) over the features of the utterances the command scores.
+    The commands themselves run the same model with batch norm folded into the
+    convolutions, eagerly (deep_speaker/inference.py), with TensorFlow's own
+    convolutions instead of oneDNN's (SCORING_ENVIRONMENT); (c') is the folded
+    pass warm in this process (oneDNN on), for comparison.
 
 ratio (a - b) / c: 1.0 means the command costs start-up plus model compute and
 nothing else; target <= 1.1.
@@ -58,6 +63,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from deep_speaker.commands.common import SCORING_ENVIRONMENT  # noqa: E402
 from deep_speaker.config import Config  # noqa: E402
 
 DEFAULT_AUDIO_DIR = REPO_ROOT.parent / "shared" / "data" / "vctk-mini"
@@ -119,11 +125,12 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed(command: list[str]) -> tuple[float, float, str]:
+def timed(command: list[str], environment: dict | None = None) -> tuple[float, float, str]:
     """(wall seconds, CPU seconds, stdout) of one subprocess run."""
     cpu = _children_cpu()
+    env = {**os.environ, **(environment or {})}
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-2000:]}")
@@ -131,10 +138,13 @@ def timed(command: list[str]) -> tuple[float, float, str]:
 
 
 def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], repeats: int
-                  ) -> tuple[list[float], list[float]]:
-    """(wall, CPU) seconds of the embedding calls alone over `features`, after a warm-up pass."""
+                  ) -> tuple[tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    """(wall, CPU) seconds of the embedding calls alone over `features`, after a
+    warm-up pass: first for the Keras model in a tf.function (the bare model
+    compute, c), then for the folded eager pass the commands run (c')."""
     import tensorflow as tf
 
+    from deep_speaker.inference import fold_rescnn
     from deep_speaker.model import load_checkpoint
 
     model = load_checkpoint(checkpoint)
@@ -144,7 +154,12 @@ def model_compute(checkpoint: Path, config: Config, features: list[np.ndarray], 
         model = embedding_part(model)
     spec = tf.TensorSpec((1, None, config.num_fbanks, 1), tf.float32)
     embed = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    folded = fold_rescnn(model, config.clipped_relu_max) or embed
     inputs = [tf.constant(f[None, :, :, None].astype(np.float32)) for f in features]
+    return _warm_calls(embed, inputs, repeats), _warm_calls(folded, inputs, repeats)
+
+
+def _warm_calls(embed, inputs, repeats: int) -> tuple[list[float], list[float]]:
     for x in inputs:  # warm-up: trace once, and let oneDNN set up each input length
         embed(x).numpy()
     times, cpu_times = [], []
@@ -224,14 +239,15 @@ def main(argv=None) -> int:
                 seconds, cpu, _ = timed([sys.executable, "-c", BARE_SCRIPT, str(checkpoint), str(frame_files[name])])
                 bare_times[name][0].append(seconds)
                 bare_times[name][1].append(cpu)
-            seconds, cpu, _ = timed([sys.executable, "-c", LOAD_ONLY, str(checkpoint)])
+            # The start-up as the commands start: in their environment (SCORING_ENVIRONMENT).
+            seconds, cpu, _ = timed([sys.executable, "-c", LOAD_ONLY, str(checkpoint)], SCORING_ENVIRONMENT)
             load_times[0].append(seconds)
             load_times[1].append(cpu)
 
         print(f"\n(b) import TensorFlow + load the model (subprocess): {summary(load_times[0])}; "
               f"CPU {min(load_times[1]):.2f} s min")
         for name, (_, frames) in commands.items():
-            compute, compute_cpu = model_compute(checkpoint, config, frames, args.repeats)
+            (compute, compute_cpu), (folded, _) = model_compute(checkpoint, config, frames, args.repeats)
             walls, cpus = command_times[name]
             a, b, c = min(walls), min(load_times[0]), min(compute)
             a_med, b_med, c_med = (statistics.median(t) for t in (walls, load_times[0], compute))
@@ -245,6 +261,7 @@ def main(argv=None) -> int:
             print(f"\n== {name}: {len(frames)} utterances, {speech:.1f} s of voiced speech ==\n"
                   f"(a) command (subprocess)      : {summary(walls)}; CPU {a_cpu:.2f} s min\n"
                   f"(c) model compute, same frames: {summary(compute)}; CPU {c_cpu:.2f} s min\n"
+                  f"(c') the commands' folded eager pass, warm: {summary(folded)}\n"
                   f"a - b - c (the command's own overhead): {a - b - c:.2f} s wall, "
                   f"{a_cpu - b_cpu - c_cpu:.2f} s CPU\n"
                   f"ratio (a - b) / c: {ratio:.2f} from wall minima (target <= {TARGET}: "

@@ -363,6 +363,24 @@ def test_scoring_commands_exit_without_teardown_but_keep_their_output():
         assert f"deep_speaker.commands.{name}:cli" in setup_text, name
 
 
+def test_scoring_entry_point_sets_its_tensorflow_environment_unless_the_user_did():
+    """The scoring commands choose TensorFlow's own convolutions (faster for one-off
+    lengths) before TensorFlow is imported (their modules must not import it); a value the
+    user exported wins."""
+    code = ("import os, sys; from deep_speaker.commands.common import quick_exit_entry_point\n"
+            "import deep_speaker.commands.comp_cos, deep_speaker.commands.get_emb, deep_speaker.commands.evaluate\n"
+            "quick_exit_entry_point(lambda: print(os.environ['TF_ENABLE_ONEDNN_OPTS'], "
+            "'tensorflow' in sys.modules) or 0)()")
+    for preset, expected in ((None, "0 False"), ("1", "1 False")):
+        env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+        if preset is not None:
+            env["TF_ENABLE_ONEDNN_OPTS"] = preset
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                              env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == expected
+
+
 def test_a_closed_output_pipe_stops_a_command_quietly():
     """`get_emb.py ... | head -1`: no 'error: Broken pipe' line, no traceback."""
     code = ("import sys; from deep_speaker.commands.common import exit_skipping_teardown, run\n"

@@ -140,9 +140,19 @@ def exit_skipping_teardown(code: int | None) -> NoReturn:
     os._exit(code if isinstance(code, int) else 0)
 
 
+# Scoring commands run each utterance once, at its own length. TensorFlow's oneDNN
+# convolutions set up a primitive per new input shape (about 45 ms per length at
+# width 1.0), so they run slower cold than its own (Eigen) convolutions, which are as
+# fast warm for one utterance at a time (bench/score.py). A value the user set wins.
+SCORING_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
 def quick_exit_entry_point(main):
-    """The console entry point of a scoring command: main(), then exit_skipping_teardown."""
+    """The console entry point of a scoring command: SCORING_ENVIRONMENT (before
+    TensorFlow is imported), main(), then exit_skipping_teardown."""
     def cli() -> None:
+        for name, value in SCORING_ENVIRONMENT.items():
+            os.environ.setdefault(name, value)
         exit_skipping_teardown(main())
     return cli
 

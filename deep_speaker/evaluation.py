@@ -93,7 +93,9 @@ def evaluate_trials(embedder: Embedder, trials: Trials, output_dir: str | Path,
     first, second = row_of[trials.first][usable], row_of[trials.second][usable]
     labels = trials.labels[usable]
     scores = score_trials(embeddings, first, second)
-    report = verification_report(scores, labels)
+    speaker_by_file = dict(zip(trials.files, trials.speakers))
+    speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)
+    report = verification_report(scores, labels, speaker_of_row[first], speaker_of_row[second])
     report.update(model=str(embedder.resolved.path), num_files=len(ok), skipped_files=len(failed),
                   skipped_trials=int((~usable).sum()))
     lines = ["label\tscore\tfile1\tfile2"] + [
@@ -105,7 +107,7 @@ def evaluate_trials(embedder: Embedder, trials: Trials, output_dir: str | Path,
     plots.plot_det_curve(fpr, fnr, output_dir / "det_curve.png", eer=report["eer"], label="deep-speaker")
     plots.plot_score_histograms(scores, labels, output_dir / "score_histograms.png",
                                 threshold=report["eer_threshold"])
-    speakers_ok = [trials.speakers[trials.files.index(path)] for path in ok] if len(ok) < 5000 else None
+    speakers_ok = list(speaker_of_row) if len(ok) < 5000 else None
     if speakers_ok is not None:
         plots.plot_similarity_matrix(embeddings, speakers_ok, output_dir / "similarity_matrix.png")
         if plot_embeddings:

@@ -24,6 +24,7 @@ __all__ = [
     "all_pairs_trials",
     "score_trials",
     "verification_report",
+    "eer_confidence_interval",
 ]
 
 # Rows with a norm below this are treated as zero vectors (cosine 0 with anything)
@@ -291,12 +292,81 @@ def score_trials(embeddings, i_idx, j_idx) -> np.ndarray:
     return np.clip(scores, -1.0, 1.0)
 
 
-def verification_report(scores, labels) -> dict:
+def _weighted_eer(sorted_labels: np.ndarray, weights: np.ndarray) -> float:
+    """EER of trials already sorted by decreasing score, each counted `weights` times
+    (ties between scores are rare with cosine scores and not merged here)."""
+    target = np.where(sorted_labels, weights, 0.0)
+    nontarget = weights - target
+    total_target, total_nontarget = target.sum(), nontarget.sum()
+    # Accepting the k best-scored trials, k = 0 .. n: FNR falls from 1, FPR rises from 0.
+    fnr = np.concatenate(([1.0], 1.0 - np.cumsum(target) / total_target))
+    fpr = np.concatenate(([0.0], np.cumsum(nontarget) / total_nontarget))
+    gap = fnr - fpr
+    crossing = int(np.argmax(gap <= 0))
+    if gap[crossing] == 0 or crossing == 0:
+        return float(fpr[crossing])
+    weight = gap[crossing - 1] / (gap[crossing - 1] - gap[crossing])
+    return float(fpr[crossing - 1] + weight * (fpr[crossing] - fpr[crossing - 1]))
+
+
+def eer_confidence_interval(scores, labels, first_speakers, second_speakers, level: float = 0.95,
+                            num_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval of the EER, resampling speakers.
+
+    Trials of one speaker are not independent (its files appear in many trials),
+    so resampling trials would give too narrow an interval. Each resample draws
+    as many speakers as there are, with replacement; a trial then counts
+    m(a) * m(b) times for a non-target pair of speakers a, b drawn m(a) and m(b)
+    times, and m(a) times for a target trial of speaker a.
+
+    first_speakers, second_speakers: (num_trials,) speaker of each side of each
+    trial; target trials must pair a speaker with itself and non-target trials
+    two different speakers.
+
+    >>> rng = np.random.default_rng(0)
+    >>> speakers = np.repeat(np.arange(20), 4)
+    >>> i, j, labels = all_pairs_trials(speakers)
+    >>> scores = rng.normal(size=len(labels)) + 2.0 * labels
+    >>> low, high = eer_confidence_interval(scores, labels, speakers[i], speakers[j])
+    >>> bool(low < equal_error_rate(scores, labels)[0] < high)
+    True
+    """
+    scores, labels = _check_trials(scores, labels, "eer_confidence_interval")
+    first, second = np.asarray(first_speakers), np.asarray(second_speakers)
+    if first.shape != scores.shape or second.shape != scores.shape:
+        raise ValueError(f"eer_confidence_interval: one speaker per side of each of the {len(scores)} trials needed")
+    if np.any((first == second) != labels):
+        raise ValueError("eer_confidence_interval: a target trial pairs two speakers, or a non-target trial "
+                         "one speaker with itself")
+    if not 0 < level < 1:
+        raise ValueError(f"eer_confidence_interval: level must be in (0, 1), got {level}")
+    names, codes = np.unique(np.concatenate([first, second]), return_inverse=True)
+    code_first, code_second = codes[:len(scores)], codes[len(scores):]
+    order = np.argsort(-scores, kind="stable")
+    sorted_labels, code_first, code_second = labels[order], code_first[order], code_second[order]
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for _ in range(num_resamples):
+        drawn = np.bincount(rng.integers(0, len(names), len(names)), minlength=len(names)).astype(np.float64)
+        weights = np.where(sorted_labels, drawn[code_first], drawn[code_first] * drawn[code_second])
+        if np.any(weights[sorted_labels] > 0) and np.any(weights[~sorted_labels] > 0):
+            estimates.append(_weighted_eer(sorted_labels, weights))
+    if not estimates:
+        raise ValueError("eer_confidence_interval: no resample held both target and non-target trials")
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(estimates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def verification_report(scores, labels, first_speakers=None, second_speakers=None) -> dict:
     """Summary metrics for a list of verification trials.
 
     Args:
         scores: (num_trials,) scores, higher = more likely the same speaker.
         labels: (num_trials,) 1 for target, 0 for non-target trials.
+        first_speakers, second_speakers: optional speaker of each side of each
+            trial; when given and consistent with the labels, the report adds
+            ``eer_ci95``, the speaker-bootstrap 95 % interval of the EER.
 
     Returns:
         dict with float ``eer``, ``eer_threshold``, ``min_dcf_0.01``,
@@ -310,7 +380,7 @@ def verification_report(scores, labels) -> dict:
     scores, labels = _check_trials(scores, labels, "verification_report")
     eer, eer_threshold = equal_error_rate(scores, labels)
     num_target = int(np.count_nonzero(labels))
-    return {
+    report = {
         "eer": eer,
         "eer_threshold": eer_threshold,
         "min_dcf_0.01": min_dcf(scores, labels, p_target=0.01)[0],
@@ -318,3 +388,8 @@ def verification_report(scores, labels) -> dict:
         "num_target": num_target,
         "num_nontarget": int(labels.shape[0] - num_target),
     }
+    if first_speakers is not None and second_speakers is not None:
+        consistent = np.all((np.asarray(first_speakers) == np.asarray(second_speakers)) == labels)
+        if consistent:  # (speakers named by folder in a trial list may not be the true ones)
+            report["eer_ci95"] = list(eer_confidence_interval(scores, labels, first_speakers, second_speakers))
+    return report

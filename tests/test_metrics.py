@@ -246,3 +246,66 @@ def test_cosine_similarity_matrix_and_distance():
     assert metrics.cosine_distance([3.0, 4.0], [4.0, 3.0]) == pytest.approx(1.0 - 24.0 / 25.0)
     with pytest.raises(ValueError, match="dimensions differ"):
         metrics.cosine_similarity_matrix(np.ones((2, 3)), np.ones((2, 4)))
+
+
+# ---------------------------------------------------------------------------
+# Speaker-bootstrap interval of the EER
+# ---------------------------------------------------------------------------
+
+def _speaker_trials(num_speakers: int, files_per_speaker: int, separation: float, seed: int = 0):
+    from deep_speaker.metrics import all_pairs_trials
+
+    speakers = np.repeat(np.arange(num_speakers), files_per_speaker)
+    i, j, labels = all_pairs_trials(speakers)
+    scores = np.random.default_rng(seed).normal(size=len(labels)) + separation * labels
+    return scores, labels, speakers[i], speakers[j]
+
+
+def test_weighted_eer_equals_eer_of_replicated_trials():
+    """Integer weights must mean 'this trial counted w times' (the resampling relies on it)."""
+    from deep_speaker.metrics import _weighted_eer, equal_error_rate
+
+    scores, labels, _, _ = _speaker_trials(8, 3, 1.5, seed=4)
+    weights = np.random.default_rng(5).integers(0, 4, len(scores)).astype(float)
+    order = np.argsort(-scores)
+    got = _weighted_eer(labels[order].astype(bool), weights[order])
+    repeated = np.repeat(np.arange(len(scores)), weights.astype(int))
+    expected, _ = equal_error_rate(scores[repeated], labels[repeated])
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_eer_interval_holds_the_estimate_narrows_with_speakers_and_is_repeatable():
+    from deep_speaker.metrics import eer_confidence_interval, equal_error_rate
+
+    few = _speaker_trials(10, 4, 2.0, seed=1)
+    many = _speaker_trials(80, 4, 2.0, seed=1)
+    low_few, high_few = eer_confidence_interval(*few, num_resamples=300)
+    low_many, high_many = eer_confidence_interval(*many, num_resamples=300)
+    assert low_few < equal_error_rate(few[0], few[1])[0] < high_few
+    assert low_many < equal_error_rate(many[0], many[1])[0] < high_many
+    assert high_many - low_many < 0.6 * (high_few - low_few)
+    assert eer_confidence_interval(*few, num_resamples=300) == (low_few, high_few)
+    # A wider level gives a wider interval.
+    low_99, high_99 = eer_confidence_interval(*few, level=0.99, num_resamples=300)
+    assert low_99 <= low_few and high_99 >= high_few
+
+
+def test_eer_interval_refuses_speakers_that_contradict_the_labels():
+    from deep_speaker.metrics import eer_confidence_interval
+
+    scores, labels, first, second = _speaker_trials(5, 3, 1.0)
+    wrong = second.copy()
+    wrong[np.argmax(labels == 1)] = 99  # a target trial between two speakers
+    with pytest.raises(ValueError, match="target trial pairs two speakers"):
+        eer_confidence_interval(scores, labels, first, wrong)
+
+
+def test_verification_report_adds_the_interval_only_with_consistent_speakers():
+    from deep_speaker.metrics import verification_report
+
+    scores, labels, first, second = _speaker_trials(12, 3, 2.0)
+    assert "eer_ci95" not in verification_report(scores, labels)
+    low, high = verification_report(scores, labels, first, second)["eer_ci95"]
+    assert 0 <= low < high <= 1
+    folder_named = np.zeros_like(first)  # a trial list whose files all sit in one folder
+    assert "eer_ci95" not in verification_report(scores, labels, folder_named, folder_named)

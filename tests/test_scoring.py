@@ -409,7 +409,9 @@ def test_evaluate_audio_dir(vctk, checkpoints, tmp_path, capsys):
     assert lines[0] == "label\tscore\tfile1\tfile2" and len(lines) == 1 + files * (files - 1) // 2
     for name in ("det_curve", "score_histograms", "similarity_matrix", "embeddings_2d"):
         _assert_png(output / f"{name}.png")
-    assert "EER" in out
+    low, high = metrics["eer_ci95"]  # speakers are the folders: a speaker-bootstrap interval
+    assert 0.0 <= low <= high <= 1.0 and high > 0
+    assert "EER" in out and "95 % interval" in out
 
 
 def test_evaluate_trials_file(wav, checkpoints, tmp_path, capsys):

@@ -36,7 +36,9 @@ def _main(argv) -> int:
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)
     report = evaluate_trials(Embedder(resolved), trials, args.output_dir, args.plot_embeddings)
-    print(f"EER {100 * report['eer']:.2f} % (threshold {report['eer_threshold']:.4f}), "
+    interval = (f", 95 % interval {100 * report['eer_ci95'][0]:.1f}-{100 * report['eer_ci95'][1]:.1f} % over speakers"
+                if "eer_ci95" in report else "")
+    print(f"EER {100 * report['eer']:.2f} %{interval} (threshold {report['eer_threshold']:.4f}), "
           f"minDCF(0.01) {report['min_dcf_0.01']:.4f}, minDCF(0.05) {report['min_dcf_0.05']:.4f}, "
           f"{report['num_target']} target / {report['num_nontarget']} non-target trials, "
           f"{report['num_files']} files ({report['skipped_files']} skipped); written to {args.output_dir}")

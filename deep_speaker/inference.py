@@ -5,7 +5,7 @@ Why: a scoring command embeds a handful of utterances once, each of its own
 length. Calling the Keras model through a `tf.function` first traces it (about
 0.4 s of Python at any width) and then optimises the graph; eager Keras calls
 avoid that but pay Keras's per-layer Python overhead on every call. The folded
-forward pass below has neither: about 70 TensorFlow ops per utterance, each
+forward pass below has neither: about 130 TensorFlow ops per utterance, each
 dispatched straight to the same oneDNN kernels, so a command's cost stays close
 to the bare model compute (see `bench/score.py`).
 

@@ -309,3 +309,14 @@ def test_verification_report_adds_the_interval_only_with_consistent_speakers():
     assert 0 <= low < high <= 1
     folder_named = np.zeros_like(first)  # a trial list whose files all sit in one folder
     assert "eer_ci95" not in verification_report(scores, labels, folder_named, folder_named)
+
+
+def test_eer_interval_on_a_subset_of_many_nontarget_trials_stays_close():
+    """Large folders give millions of non-target pairs; a random subset of them
+    must give nearly the same interval (its width comes from the speakers)."""
+    from deep_speaker.metrics import eer_confidence_interval
+
+    trials = _speaker_trials(40, 5, 2.0, seed=2)  # 19 900 trials, 400 of them target
+    full = eer_confidence_interval(*trials, num_resamples=300)
+    subset = eer_confidence_interval(*trials, num_resamples=300, max_nontarget=5000)
+    assert np.allclose(full, subset, atol=0.02)

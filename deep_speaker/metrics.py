@@ -401,5 +401,8 @@ def verification_report(scores, labels, first_speakers=None, second_speakers=Non
     if first_speakers is not None and second_speakers is not None:
         consistent = np.all((np.asarray(first_speakers) == np.asarray(second_speakers)) == labels)
         if consistent:  # (speakers named by folder in a trial list may not be the true ones)
-            report["eer_ci95"] = list(eer_confidence_interval(scores, labels, first_speakers, second_speakers))
+            try:
+                report["eer_ci95"] = list(eer_confidence_interval(scores, labels, first_speakers, second_speakers))
+            except ValueError:  # too few speakers to resample: the report goes without an interval
+                pass
     return report

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import tensorflow as tf  # (deep_speaker.model imports Keras, hence TensorFlow, anyway)
 
 from deep_speaker.model import AFFINE_LAYER, RES_BLOCKS_PER_STAGE, STAGE_FILTERS
 
@@ -42,8 +43,6 @@ class FoldedResCNN:
         self.clip_max = clip_max
 
     def __call__(self, batch):
-        import tensorflow as tf
-
         x = tf.convert_to_tensor(batch, tf.float32)
         for first, blocks in self.stages:
             x = self._relu(self._conv(x, first))
@@ -58,19 +57,13 @@ class FoldedResCNN:
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
     def _conv(self, x, conv: FoldedConv):
-        import tensorflow as tf
-
         return tf.nn.bias_add(tf.nn.conv2d(x, conv.kernel, strides=conv.strides, padding="SAME"), conv.bias)
 
     def _relu(self, x):
-        import tensorflow as tf
-
         return tf.clip_by_value(x, 0.0, self.clip_max)
 
 
 def _folded_conv(model, name: str) -> FoldedConv:
-    import tensorflow as tf
-
     conv, norm = model.get_layer(name), model.get_layer(f"{name}_bn")
     if conv.padding != "same" or conv.use_bias or conv.data_format != "channels_last" or conv.dilation_rate != (1, 1):
         raise ValueError(f"layer {name} is not the ResCNN's plain 'same' convolution")
@@ -88,8 +81,6 @@ def fold_rescnn(model, clip_max: float) -> FoldedResCNN | None:
     """The folded forward pass of a deep-speaker ResCNN embedding model, or None
     when the model is not laid out as `model.build_rescnn` builds it (then
     callers use the Keras model itself)."""
-    import tensorflow as tf
-
     # The same layers, no more: anything added to the architecture makes this fall back.
     kinds = [type(layer).__name__ for layer in model.layers]
     num_convs = len(STAGE_FILTERS) * (1 + 2 * RES_BLOCKS_PER_STAGE)

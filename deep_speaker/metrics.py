@@ -159,21 +159,27 @@ def equal_error_rate(scores, labels) -> tuple[float, float]:
     """
     scores, labels = _check_trials(scores, labels, "equal_error_rate")
     fpr, fnr, thresholds = _roc_points(scores, labels)
-    # fnr - fpr falls monotonically from +1 (reject all) to -1 (accept all).
-    gap = fnr - fpr
-    crossing = int(np.argmax(gap <= 0))  # first ROC point at or past FPR = FNR
-    if gap[crossing] == 0:
-        return float(fpr[crossing]), float(thresholds[crossing])
-    before = crossing - 1  # gap[before] > 0 > gap[crossing]
-    weight = gap[before] / (gap[before] - gap[crossing])
-    eer = fpr[before] + weight * (fpr[crossing] - fpr[before])
+    before, after, weight = _eer_crossing(fpr, fnr)
+    eer = fpr[before] + weight * (fpr[after] - fpr[before])
     if np.isfinite(thresholds[before]):
-        threshold = thresholds[before] + weight * (thresholds[crossing] - thresholds[before])
+        threshold = thresholds[before] + weight * (thresholds[after] - thresholds[before])
     else:
         # The bracketing point is the "+inf" reject-all threshold (all scores tied):
         # the only meaningful finite threshold is the tied score itself.
-        threshold = thresholds[crossing]
+        threshold = thresholds[after]
     return float(eer), float(threshold)
+
+
+def _eer_crossing(fpr: np.ndarray, fnr: np.ndarray) -> tuple[int, int, float]:
+    """Where the piecewise linear FPR and FNR curves cross: `weight` of the way
+    from point `before` to point `after` (the same point, weight 0, when they
+    meet exactly there). fnr - fpr falls from +1 (reject all) to -1 (accept all)."""
+    gap = fnr - fpr
+    after = int(np.argmax(gap <= 0))  # first point at or past FPR = FNR
+    if gap[after] == 0 or after == 0:
+        return after, after, 0.0
+    before = after - 1  # gap[before] > 0 > gap[after]
+    return before, after, float(gap[before] / (gap[before] - gap[after]))
 
 
 def min_dcf(scores, labels, p_target: float, c_miss: float = 1.0, c_fa: float = 1.0) -> tuple[float, float]:
@@ -301,12 +307,8 @@ def _weighted_eer(sorted_labels: np.ndarray, weights: np.ndarray) -> float:
     # Accepting the k best-scored trials, k = 0 .. n: FNR falls from 1, FPR rises from 0.
     fnr = np.concatenate(([1.0], 1.0 - np.cumsum(target) / total_target))
     fpr = np.concatenate(([0.0], np.cumsum(nontarget) / total_nontarget))
-    gap = fnr - fpr
-    crossing = int(np.argmax(gap <= 0))
-    if gap[crossing] == 0 or crossing == 0:
-        return float(fpr[crossing])
-    weight = gap[crossing - 1] / (gap[crossing - 1] - gap[crossing])
-    return float(fpr[crossing - 1] + weight * (fpr[crossing] - fpr[crossing - 1]))
+    before, after, weight = _eer_crossing(fpr, fnr)
+    return float(fpr[before] + weight * (fpr[after] - fpr[before]))
 
 
 def eer_confidence_interval(scores, labels, first_speakers, second_speakers, level: float = 0.95,
@@ -399,10 +401,10 @@ def verification_report(scores, labels, first_speakers=None, second_speakers=Non
         "num_nontarget": int(labels.shape[0] - num_target),
     }
     if first_speakers is not None and second_speakers is not None:
-        consistent = np.all((np.asarray(first_speakers) == np.asarray(second_speakers)) == labels)
-        if consistent:  # (speakers named by folder in a trial list may not be the true ones)
-            try:
-                report["eer_ci95"] = list(eer_confidence_interval(scores, labels, first_speakers, second_speakers))
-            except ValueError:  # too few speakers to resample: the report goes without an interval
-                pass
+        try:
+            report["eer_ci95"] = list(eer_confidence_interval(scores, labels, first_speakers, second_speakers))
+        except ValueError:
+            # Speakers that contradict the labels (a trial list's files named by folder) or
+            # too few of them to resample: the report goes without an interval.
+            pass
     return report

@@ -185,20 +185,20 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
                                       utterance_rng(f"{utterance_ids[index]}@{speed:g}", copy))
         return compute_fbank(voice, config)
 
+    # An augmented copy keeps no test part: degraded test utterances would only
+    # duplicate the speaker's test set.
+    keep_test = copy == 0
     if len(voices) == 1:
         # One utterance: split it in time, the first part trains.
         frames = features_of(0)
         cut = max(1, int(round(len(frames) * (1 - config.test_fraction))))
-        train_raw, test_raw = [frames[:cut]], [frames[cut:]] if cut < len(frames) else []
+        train_raw, test_raw = [frames[:cut]], [frames[cut:]] if keep_test and cut < len(frames) else []
         train_ids, test_ids = [utterance_ids[0]], [utterance_ids[0]] if test_raw else []
     else:
         train_idx, test_idx = split_utterances(utterance_ids, speaker_id, config)
-        if copy:  # not even featurised: see below
-            test_idx = []
+        test_idx = test_idx if keep_test else []
         train_raw, test_raw = [features_of(i) for i in train_idx], [features_of(i) for i in test_idx]
         train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
-    if copy:  # degraded copies of test utterances would only duplicate the test set
-        test_raw, test_ids = [], []
     stacked = np.concatenate(train_raw, axis=0)
     return {
         "speaker_id": augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy),

@@ -12,12 +12,13 @@ import soundfile
 import soxr
 
 from deep_speaker.config import Config
+from deep_speaker.errors import InputError
 
 MIN_INPUT_RATE_HZ = 8000
 MAX_INPUT_RATE_HZ = 192000
 
 
-class AudioError(ValueError):
+class AudioError(InputError):
     """An audio file that cannot become a usable utterance; the message names the reason."""
 
 
@@ -47,6 +48,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     Raises AudioError for empty, truncated, non-audio or non-finite files.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioError("is a directory, not an audio file")
     if not path.is_file():
         raise AudioError("file not found")
     if path.stat().st_size == 0:
@@ -210,7 +213,18 @@ def load_utterance(path: str | Path, config: Config) -> TrimmedAudio:
     Raises AudioError when the file has no usable speech.
     """
     samples, rate = read_audio(path)
-    audio = resample(samples, rate, config.sample_rate_hz)
+    return trim_utterance(resample(samples, rate, config.sample_rate_hz), config)
+
+
+def trim_utterance(audio: np.ndarray, config: Config) -> TrimmedAudio:
+    """Locate the voice of mono audio already at the target rate (the part of
+    `load_utterance` after decoding); AudioError when there is no usable voice.
+
+    >>> trim_utterance(np.zeros(8000, np.float32), Config())
+    Traceback (most recent call last):
+    ...
+    deep_speaker.audio.AudioError: audio is all silent (every sample is zero)
+    """
     if not np.any(audio):
         raise AudioError("audio is all silent (every sample is zero)")
     start, end = trim_silence(audio, config)

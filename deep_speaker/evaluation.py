@@ -2,7 +2,9 @@
 
 Trials come from a folder (speaker = folder; every pair of files is a trial)
 or from a list of `label path1 path2` lines (label 1/target or 0/nontarget).
-Every file is embedded once; a trial's score is the cosine similarity.
+Every file is embedded once; a trial's score is the cosine similarity. The
+same embeddings give the closed-set identification figures (top-1/top-5, one
+enrolment utterance per speaker, `identification.identification_accuracy`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import numpy as np
 from deep_speaker.corpus import discover_utterances, parse_utterance
 from deep_speaker.io_utils import atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, det_curve, score_trials, verification_report
-from deep_speaker.scoring import Embedder, embed_many_files
+from deep_speaker.identification import identification_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +77,14 @@ def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
     return Trials(files, speakers, np.array(first), np.array(second), np.array(labels, dtype=np.int8))
 
 
-def evaluate_trials(embedder: Embedder, trials: Trials, output_dir: str | Path,
-                    plot_embeddings: bool = False) -> dict:
-    """Embed, score, write scores.tsv, metrics.json and the plots; returns the metrics."""
+def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embeddings: bool = False) -> dict:
+    """Embed every file with `encoder` (a `SpeakerEncoder`), score, write
+    scores.tsv, metrics.json and the plots; returns the metrics."""
     from deep_speaker import plots
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    embeddings, ok, failed = embed_many_files(embedder, trials.files)
+    embeddings, ok, failed = encoder.embed_files(trials.files, skip=True, progress=len(trials.files) >= 20)
     for path, reason in failed:
         log.warning("skipped %s: %s", path, reason)
     row_of = np.full(len(trials.files), -1)
@@ -96,8 +98,9 @@ def evaluate_trials(embedder: Embedder, trials: Trials, output_dir: str | Path,
     speaker_by_file = dict(zip(trials.files, trials.speakers))
     speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)
     report = verification_report(scores, labels, speaker_of_row[first], speaker_of_row[second])
-    report.update(model=str(embedder.resolved.path), num_files=len(ok), skipped_files=len(failed),
+    report.update(model=str(encoder.resolved.path), num_files=len(ok), skipped_files=len(failed),
                   skipped_trials=int((~usable).sum()))
+    report.update(identification_accuracy(embeddings, [str(s) for s in speaker_of_row]))
     lines = ["label\tscore\tfile1\tfile2"] + [
         f"{label}\t{score:.6f}\t{ok[i]}\t{ok[j]}" for label, score, i, j in zip(labels, scores, first, second)]
     atomic_write_text(output_dir / "scores.tsv", "\n".join(lines) + "\n")

@@ -20,12 +20,13 @@ import numpy as np
 from deep_speaker.config import Config
 from deep_speaker.io_utils import atomic_write
 from deep_speaker.long_audio import LONG_RECORDING_S, SEGMENT_HOP_S, SEGMENT_S
+from deep_speaker.scoring import ScoringError
 
 UNKNOWN = "unknown"
 _FORMAT = "deep-speaker enrolment 1"
 
 
-class EnrolmentError(ValueError):
+class EnrolmentError(ScoringError):
     """An enrolment file that cannot be used here; the message says why, on one line."""
 
 

@@ -25,6 +25,8 @@ def build_parser():
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="at most this many utterances per speaker (seeded random choice)")
     p.add_argument("--seed", type=int, default=1234, help="seed of the utterance choice and the SAP split")
+    p.add_argument("--allow_no_speech", action="store_true",
+                   help="with --files: score recordings in which no speech is detected instead of refusing them")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -44,19 +46,22 @@ def _main(argv) -> int:
         p.error("--unseen_speakers takes exactly two ids, e.g. p363,p364 (or p363,p363 for SAP)")
     if args.threshold is not None and args.files is None:
         p.error("--threshold goes with --files")
+    if args.allow_no_speech and args.files is None:
+        p.error("--allow_no_speech goes with --files")
     setup_logging(args.verbose)
 
-    from deep_speaker.scoring import Embedder, compare_files, compare_speakers, resolve_model
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.scoring import compare_files, compare_speakers, resolve_model
 
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     if not args.json:
         print(resolved.line(), flush=True)
-    embedder = Embedder(resolved)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
     if args.files:
-        result = compare_files(embedder, *args.files, threshold=args.threshold)
+        result = compare_files(encoder, *args.files, threshold=args.threshold)
     else:
         first, second = args.unseen_speakers
-        result = compare_speakers(embedder, args.cache_output_dir, first, second, args.max_utterances, args.seed)
+        result = compare_speakers(encoder, args.cache_output_dir, first, second, args.max_utterances, args.seed)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0

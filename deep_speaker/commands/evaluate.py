@@ -13,6 +13,8 @@ def build_parser():
     p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
     p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
     p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
+    p.add_argument("--allow_no_speech", action="store_true",
+                   help="embed files in which no speech is detected instead of skipping them")
     add_model_arguments(p)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -30,16 +32,22 @@ def _main(argv) -> int:
     setup_logging(args.verbose)
 
     from deep_speaker.evaluation import evaluate_trials, trials_from_folder, trials_from_list
-    from deep_speaker.scoring import Embedder, resolve_model
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.scoring import resolve_model
 
     trials = trials_from_folder(args.audio_dir) if args.audio_dir else trials_from_list(args.trials, args.audio_root)
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)
-    report = evaluate_trials(Embedder(resolved), trials, args.output_dir, args.plot_embeddings)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
+    report = evaluate_trials(encoder, trials, args.output_dir, args.plot_embeddings)
     interval = (f", 95 % interval {100 * report['eer_ci95'][0]:.1f}-{100 * report['eer_ci95'][1]:.1f} % over speakers"
                 if "eer_ci95" in report else "")
     print(f"EER {100 * report['eer']:.2f} %{interval} (threshold {report['eer_threshold']:.4f}), "
           f"minDCF(0.01) {report['min_dcf_0.01']:.4f}, minDCF(0.05) {report['min_dcf_0.05']:.4f}, "
           f"{report['num_target']} target / {report['num_nontarget']} non-target trials, "
           f"{report['num_files']} files ({report['skipped_files']} skipped); written to {args.output_dir}")
+    if report.get("top1_accuracy") is not None:
+        print(f"identification: top-1 {100 * report['top1_accuracy']:.1f} %, top-5 {100 * report['top5_accuracy']:.1f} % "
+              f"({report['identification_queries']} queries against {report['identification_speakers']} speakers "
+              f"enrolled with one utterance each)")
     return 0

@@ -22,6 +22,8 @@ def build_parser():
     add_model_arguments(p)
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="for a speaker: at most this many cached utterances (seeded random choice)")
+    p.add_argument("--allow_no_speech", action="store_true",
+                   help="embed files in which no speech is detected instead of skipping them (see deep_speaker/speech.py)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -60,16 +62,17 @@ def _main(argv) -> int:
     setup_logging(args.verbose)
 
     from deep_speaker.embeddings_io import write_embeddings
-    from deep_speaker.scoring import Embedder, embed_cached_speaker, embed_many_files, resolve_model
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.scoring import embed_cached_speaker
 
-    resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
-    embedder = Embedder(resolved)
-    print(resolved.line(), flush=True)
+    encoder = SpeakerEncoder(args.checkpoint, checkpoint_dir=args.checkpoint_dir,
+                             require_speech=not args.allow_no_speech)
+    print(encoder.resolved.line(), flush=True)
     if not _looks_like_files(args.get_embeddings):
         if len(args.get_embeddings) != 1:
             raise CommandError("give one speaker name, or audio files")
         name = args.get_embeddings[0]
-        vector = embed_cached_speaker(embedder, args.cache_output_dir, name, args.max_utterances)
+        vector = embed_cached_speaker(encoder, args.cache_output_dir, name, args.max_utterances)
         if args.output:
             write_embeddings(args.output, vector[None, :], [name])
             print(f"embedding of {name} ({vector.shape[0]}-d) written to {args.output}")
@@ -78,7 +81,7 @@ def _main(argv) -> int:
                 print(vector)
         return 0
     paths = expand_files(args.get_embeddings)
-    embeddings, ok, failed = embed_many_files(embedder, paths)
+    embeddings, ok, failed = encoder.embed_files(paths, skip=True, progress=len(paths) >= 20)
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not ok:

@@ -1,10 +1,13 @@
 """From training inputs to `tf.data` datasets of fixed-length windows.
 
-All utterances of the training speakers are concatenated into one
-(total_frames, num_fbanks) array; a window is a gather of `frames` consecutive
-rows of one utterance (tiled when the utterance is shorter). Every batch is
-drawn with stateless random ops from (seed, step), so a run is repeatable and a
-resumed run sees exactly the batches it would have seen.
+A bank is the utterances of the training speakers with their labels: either an
+`UtteranceBank` (every frame in one (total_frames, num_fbanks) float32 array in
+RAM) or a `deep_speaker.feature_store.StoreBank` (float16 frames read from the
+on-disk store, one batch at a time). A window is `frames` consecutive rows of
+one utterance (tiled when the utterance is shorter). Which utterances and where
+they start is drawn with stateless random ops from (seed, step), on the index
+alone, so a run is repeatable, a resumed run sees exactly the batches it would
+have seen, and both kinds of bank give the same draws.
 """
 from __future__ import annotations
 
@@ -43,6 +46,10 @@ class UtteranceBank:
     def num_utterances(self) -> int:
         return len(self.lengths)
 
+    def crops(self, utterances: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """(n, k, num_fbanks) float32: row rows[i, j] (within the utterance) of utterance utterances[i]."""
+        return self.frames[self.offsets[np.asarray(utterances)][:, None] + np.asarray(rows)]
+
 
 def make_bank(inputs: dict[str, dict], part: str, speakers: list[str]) -> UtteranceBank:
     """Flatten the `part` ("train" or "test") of each speaker's inputs.
@@ -63,19 +70,33 @@ def make_bank(inputs: dict[str, dict], part: str, speakers: list[str]) -> Uttera
                          list(speakers))
 
 
-class WindowSampler:
-    """Vectorised window gathering over an UtteranceBank, as TensorFlow ops."""
+def window_sampler(bank, num_frames: int) -> "WindowSampler":
+    """The bank's sampler of `num_frames` windows, made once per bank: every
+    dataset and every hard-negative refresh reuses it, so nothing copies the
+    frames again (an UtteranceBank's become one constant, a StoreBank's stay on disk)."""
+    samplers = bank.__dict__.setdefault("_samplers", {})
+    if num_frames not in samplers:
+        samplers[num_frames] = (WindowSampler if isinstance(bank, UtteranceBank) else StoreWindowSampler)(
+            bank, num_frames)
+    return samplers[num_frames]
 
-    def __init__(self, bank: UtteranceBank, num_frames: int):
+
+class WindowSampler:
+    """Vectorised window drawing and gathering over an UtteranceBank, as TensorFlow ops."""
+
+    def __init__(self, bank, num_frames: int):
         self.num_frames = num_frames
         self.num_speakers = len(bank.speakers)
-        self.frames = tf.constant(bank.frames)
-        self.offsets = tf.constant(bank.offsets)
         self.lengths = tf.constant(bank.lengths)
         self.first = tf.constant(bank.first_utterance)
         self.count = tf.constant(bank.utterance_count)
         # Only speakers that own utterances can be drawn.
         self.drawable = tf.constant(np.flatnonzero(bank.utterance_count > 0).astype(np.int64))
+        self._init_frames(bank)
+
+    def _init_frames(self, bank: UtteranceBank) -> None:
+        self.frames = tf.constant(bank.frames)
+        self.offsets = tf.constant(bank.offsets)
 
     def random_speakers(self, seed, size):
         """(size,) int64 speaker labels drawn uniformly among those with utterances."""
@@ -112,6 +133,25 @@ class WindowSampler:
         return tf.gather(self.frames, rows)[..., None]
 
 
+class StoreWindowSampler(WindowSampler):
+    """The same draws over a StoreBank: the index lives in TensorFlow, and a
+    batch's windows are read from the store's shards in one `tf.numpy_function`
+    call (pread of each window's rows, float16), then cast to float32."""
+
+    def _init_frames(self, bank) -> None:
+        self.bank = bank
+        self.host_lengths = np.asarray(bank.lengths, np.int64)
+
+    def _read(self, utterances: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        rows = (starts[:, None] + np.arange(self.num_frames)[None, :]) % self.host_lengths[utterances][:, None]
+        return self.bank.crops(utterances, rows)
+
+    def windows_at(self, utterances, starts):
+        windows = tf.numpy_function(self._read, [utterances, starts], tf.float16, stateful=False)
+        windows = tf.ensure_shape(windows, [None, self.num_frames, self.bank.num_fbanks])
+        return tf.cast(windows, tf.float32)[..., None]
+
+
 def spec_augment(seed, windows, max_time_mask: int = 20, max_freq_mask: int = 8):
     """One time mask and one frequency mask per window (SpecAugment), set to 0,
     the mean of normalised features."""
@@ -131,7 +171,7 @@ def spec_augment(seed, windows, max_time_mask: int = 20, max_freq_mask: int = 8)
     return tf.where(time | freq, tf.zeros_like(windows), windows)
 
 
-def softmax_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: int, first_step: int = 0,
+def softmax_dataset(bank, config: Config, batch_size: int, seed: int, first_step: int = 0,
                     stream: int = 0) -> tf.data.Dataset:
     """Endless batches ((batch, frames, num_fbanks, 1) float32, (batch,) int32 labels).
 
@@ -139,7 +179,7 @@ def softmax_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: 
     utterance weigh as much as speakers with hundreds. `stream` separates the
     data of distributed workers.
     """
-    sampler = WindowSampler(bank, config.frames)
+    sampler = window_sampler(bank, config.frames)
 
     def make_batch(step):
         base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
@@ -155,7 +195,7 @@ def softmax_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: 
             .prefetch(tf.data.AUTOTUNE))
 
 
-def triplet_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: int, first_step: int = 0,
+def triplet_dataset(bank, config: Config, batch_size: int, seed: int, first_step: int = 0,
                     stream: int = 0, speaker_similarity: tf.Variable | None = None) -> tf.data.Dataset:
     """Endless batches of (3 * batch, frames, num_fbanks, 1): anchors, positives, negatives.
 
@@ -164,7 +204,7 @@ def triplet_dataset(bank: UtteranceBank, config: Config, batch_size: int, seed: 
     `speaker_similarity` (a (speakers, speakers) variable refreshed by the
     trainer) the most similar of `hard_pool_size` randomly drawn other speakers.
     """
-    sampler = WindowSampler(bank, config.frames)
+    sampler = window_sampler(bank, config.frames)
     pool = max(1, config.hard_pool_size)
 
     def make_batch(step):
@@ -203,7 +243,7 @@ def _other_utterance(sampler: WindowSampler, seed, speakers, utterances):
     return tf.where(count > 1, other, utterances)
 
 
-def evaluation_windows(bank: UtteranceBank, num_frames: int, max_utterances: int, seed: int
+def evaluation_windows(bank, num_frames: int, max_utterances: int, seed: int
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic held-out crops for per-epoch evaluation: centre crops of
     up to max_utterances held-out utterances, at least two per speaker so there
@@ -230,10 +270,11 @@ def evaluation_windows(bank: UtteranceBank, num_frames: int, max_utterances: int
             utterances += (first + chosen).tolist()
             part += [0] * len(chosen)
     utterances, part = np.asarray(utterances, np.int64), np.asarray(part)
-    offsets, lengths = bank.offsets[utterances], bank.lengths[utterances]
+    lengths = bank.lengths[utterances]
     half = np.maximum(lengths // 2, 1)
-    offsets = np.where(part == 2, offsets + half, offsets)
+    offsets = np.where(part == 2, half, 0)  # within the utterance
     lengths = np.select([part == 1, part == 2], [half, lengths - half], lengths)
     starts = np.maximum(lengths - num_frames, 0) // 2
     rows = offsets[:, None] + (starts[:, None] + np.arange(num_frames)[None, :]) % lengths[:, None]
-    return bank.frames[rows][..., None], bank.labels[utterances]
+    windows = bank.crops(utterances, rows).astype(np.float32)
+    return windows[..., None], bank.labels[utterances]

@@ -18,10 +18,16 @@ frame restricted to the speech band 250-3500 Hz (it holds telephone speech too):
    band's power, 1 for a flat spectrum; white noise gives about 0.56, pink
    noise 0.45) must stay below `MAX_FLATNESS`.
 3. *Not a pure tone*: the 5 FFT bins around the frame's strongest bin must hold
-   less than `MAX_PEAK_SHARE` of the band's power (a sine holds about 99 %).
+   less than `MAX_PEAK_SHARE` of the power from 80 Hz up (a sine holds about
+   99 %; from 80 Hz so that a low tone outside the speech band is caught too,
+   and mains hum at 50/60 Hz is not taken for a tone).
+
+4. *Sustained*: only runs of at least `MIN_RUN_FRAMES` (3) consecutive frames
+   passing 1-3 count, as a vowel lasts longer than 30 ms while the clicks at
+   the edges of a switched tone or the odd frame of a noise do not.
 
 A recording holds speech when at least `MIN_SPEECH_FRAMES` frames (50 ms)
-pass 1-3, and they are at least `MIN_SPEECH_SHARE` (3 %) of its loud frames (so
+pass 1-4, and they are at least `MIN_SPEECH_SHARE` (3 %) of its loud frames (so
 that a few odd frames of a long noise do not count). The thresholds were set on
 synthetic signals and on every real utterance of ``../shared/data`` (5338
 files of 8 sets): the smallest count there is 7 speech-like frames and the
@@ -42,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 BAND_HZ = (250.0, 3500.0)
+TONE_FROM_HZ = 80.0
 FRAME_MS = 25.0
 HOP_MS = 10.0
 FFT_SIZE = 512
@@ -50,6 +57,7 @@ RELATIVE_FLOOR_DB = 40.0
 MAX_FLATNESS = 0.3
 MAX_PEAK_SHARE = 0.85
 PEAK_BINS = 5
+MIN_RUN_FRAMES = 3
 MIN_SPEECH_FRAMES = 5
 MIN_SPEECH_SHARE = 0.03
 # Frames analysed per numpy call: bounds the memory of the FFT for long inputs.
@@ -80,23 +88,40 @@ def _frame_statistics(audio: np.ndarray, sample_rate_hz: int) -> tuple[np.ndarra
     frames = np.lib.stride_tricks.sliding_window_view(audio, frame)[::hop]
     window = np.hamming(frame).astype(np.float32)
     frequencies = np.fft.rfftfreq(fft_size, 1.0 / sample_rate_hz)
-    band = (frequencies >= BAND_HZ[0]) & (frequencies <= min(BAND_HZ[1], 0.45 * sample_rate_hz))
+    top = 0.45 * sample_rate_hz
+    wide = (frequencies >= TONE_FROM_HZ) & (frequencies <= top)  # where a tone is looked for
+    band = ((frequencies >= BAND_HZ[0]) & (frequencies <= min(BAND_HZ[1], top)))[wide]  # the speech band within it
     # A full-scale sine's band energy under the same window and FFT: the 0 dBFS reference.
     reference = (np.sum(window) / 2.0) ** 2
     energy_db, flatness, peak_share = [], [], []
     for start in range(0, len(frames), _CHUNK_FRAMES):
         chunk = frames[start:start + _CHUNK_FRAMES] * window
-        power = np.abs(np.fft.rfft(chunk, n=fft_size, axis=1)[:, band]) ** 2 + 1e-20
-        total = power.sum(axis=1)
-        energy_db.append(10.0 * np.log10(total / reference))
-        flatness.append(np.exp(np.mean(np.log(power), axis=1)) / np.mean(power, axis=1))
+        power = np.abs(np.fft.rfft(chunk, n=fft_size, axis=1)[:, wide]) ** 2 + 1e-20
+        in_band = power[:, band]
+        energy_db.append(10.0 * np.log10(in_band.sum(axis=1) / reference))
+        flatness.append(np.exp(np.mean(np.log(in_band), axis=1)) / np.mean(in_band, axis=1))
         # Power in PEAK_BINS consecutive bins around each frame's strongest bin.
         padded = np.pad(power, ((0, 0), (PEAK_BINS // 2, PEAK_BINS // 2)))
         cumulative = np.concatenate([np.zeros((len(power), 1)), np.cumsum(padded, axis=1)], axis=1)
         peak = np.argmax(power, axis=1)
         rows = np.arange(len(power))
-        peak_share.append((cumulative[rows, peak + PEAK_BINS] - cumulative[rows, peak]) / total)
+        peak_share.append((cumulative[rows, peak + PEAK_BINS] - cumulative[rows, peak]) / power.sum(axis=1))
     return np.concatenate(energy_db), np.concatenate(flatness), np.concatenate(peak_share)
+
+
+def _in_runs(flags: np.ndarray, min_run: int) -> np.ndarray:
+    """The true entries of `flags` that lie in runs of at least `min_run` consecutive trues.
+
+    >>> _in_runs(np.array([1, 0, 1, 1, 1, 0, 1, 1], bool), 3).astype(int).tolist()
+    [0, 0, 1, 1, 1, 0, 0, 0]
+    """
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    long_enough = (ends - starts) >= min_run
+    marks = np.zeros(len(flags) + 1, np.int32)
+    np.add.at(marks, starts[long_enough], 1)
+    np.add.at(marks, ends[long_enough], -1)
+    return np.cumsum(marks[:-1]) > 0
 
 
 def detect_speech(audio: np.ndarray, sample_rate_hz: int) -> SpeechReport:
@@ -117,7 +142,7 @@ def detect_speech(audio: np.ndarray, sample_rate_hz: int) -> SpeechReport:
     loud_frames = int(loud.sum())
     if loud_frames == 0:
         return SpeechReport(False, 0, 0, "no speech detected (the audio is silent)")
-    speech = loud & (flatness < MAX_FLATNESS) & (peak_share < MAX_PEAK_SHARE)
+    speech = _in_runs(loud & (flatness < MAX_FLATNESS) & (peak_share < MAX_PEAK_SHARE), MIN_RUN_FRAMES)
     speech_frames = int(speech.sum())
     reason = ""
     if speech_frames < max(MIN_SPEECH_FRAMES, MIN_SPEECH_SHARE * loud_frames):

@@ -21,7 +21,8 @@ setup(
     extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
     # The seed's command names, on PATH as typed in its README (get_emb.py --get_embeddings ...).
     scripts=[f"scripts/{name}.py" for name in ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate",
-                                               "download_vctk", "export_model", "pipeline", "identify")],
+                                               "download_vctk", "download_corpus", "export_model", "pipeline",
+                                               "identify")],
     entry_points={
         "console_scripts": [
             "deep-speaker-preprocess=deep_speaker.commands.preprocess:main",
@@ -31,6 +32,7 @@ setup(
             "deep-speaker-evaluate=deep_speaker.commands.evaluate:cli",
             "deep-speaker-identify=deep_speaker.commands.identify:cli",
             "deep-speaker-download-vctk=deep_speaker.commands.download_vctk:main",
+            "deep-speaker-download-corpus=deep_speaker.commands.download_corpus:main",
             "deep-speaker-export=deep_speaker.commands.export_model:main",
             "deep-speaker-pipeline=deep_speaker.commands.pipeline:main",
         ]

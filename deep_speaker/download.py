@@ -110,6 +110,34 @@ RELEASES: dict[str, VctkRelease] = {
 }
 DEFAULT_VERSION = "0.80"
 
+# Any corpus shipped as archives is a set of these: a URL, a checksum, the folder
+# it goes to and a glob that proves the layout (`download_archive`).
+CorpusArchive = VctkRelease
+
+# LibriSpeech (OpenSLR 12). Each archive holds LibriSpeech/<part>/<speaker>/<chapter>/*.flac
+# and goes to <root>/LibriSpeech/<part>, a layout preprocess.py discovers (--audio_dir
+# <root>/LibriSpeech takes every part there). The sha256 values are those torchaudio pins
+# for the same files.
+_OPENSLR = "https://www.openslr.org/resources/12"
+LIBRISPEECH: dict[str, CorpusArchive] = {
+    part: CorpusArchive(version=part, url=f"{_OPENSLR}/{part}.tar.gz", archive_name=f"{part}.tar.gz",
+                        folder=f"LibriSpeech/{part}", layout_glob="*/*/*-*-*.flac", sha256=sha256, size_bytes=None,
+                        note=note)
+    for part, sha256, note in (
+        ("train-clean-100", "d4ddd1d5a6ab303066f14971d768ee43278a5f2a0aa43dc716b0e64ecbbbf6e2",
+         "6.3 GB, 100 h, 251 speakers"),
+        ("train-clean-360", "146a56496217e96c14334a160df97fffedd6e0a04e66b9c5af0d40be3c792ecf",
+         "23 GB, 364 h, 921 speakers"),
+        ("train-other-500", "ddb22f27f96ec163645d53215559df6aa36515f26e01dd70798188350adcb6d2",
+         "30 GB, 497 h, 1166 speakers"),
+        ("dev-clean", "76f87d090650617fca0cac8f88b9416e0ebf80350acb97b343a85fa903728ab3", "337 MB, 40 speakers"),
+        ("dev-other", "12661c48e8c3fe1de2c1caa4c3e135193bfb1811584f11f569dd12645aa84365", "314 MB, 33 speakers"),
+        ("test-clean", "39fde525e59672dc6d1551919b1478f724438a95aa55f874b576be21967e6c23", "346 MB, 40 speakers"),
+        ("test-other", "d09c181bba5cf717b3dee7d4d592af11a3ee3a09e08ae025c5506f6ebe961c29", "328 MB, 33 speakers"),
+    )
+}
+LIBRISPEECH_960H = ("train-clean-100", "train-clean-360", "train-other-500")
+
 
 @dataclass(frozen=True)
 class DownloadResult:
@@ -140,7 +168,19 @@ def download_vctk(version: str = DEFAULT_VERSION, data_root: str | Path = DEFAUL
     `url` replaces the official location (a mirror); `sha256` is checked
     instead of the table's checksum. Raises DownloadError with one clear line.
     """
-    release = get_release(version)
+    return download_archive(get_release(version), data_root, url=url, sha256=sha256, keep_archive=keep_archive,
+                            timeout=timeout, retries=retries, retry_wait_s=retry_wait_s, progress=progress,
+                            replace_existing=replace_existing)
+
+
+def download_archive(release: CorpusArchive, data_root: str | Path = DEFAULT_DATA_ROOT, *,
+                     url: str | None = None, sha256: str | None = None, keep_archive: bool = False,
+                     timeout: float = 60.0, retries: int = 3, retry_wait_s: float = 2.0,
+                     progress: bool = True, replace_existing: bool = False) -> DownloadResult:
+    """Make sure ``<data_root>/<release.folder>`` holds the verified contents of
+    one corpus archive (a VCTK release, a LibriSpeech part, or any
+    `CorpusArchive(url=..., sha256=..., folder=..., layout_glob=...)`): the
+    steps and guarantees of `download_vctk`, which calls this."""
     root = Path(data_root)
     target = root / release.folder
     if is_complete(target):
@@ -154,7 +194,8 @@ def download_vctk(version: str = DEFAULT_VERSION, data_root: str | Path = DEFAUL
     expected_sha256 = normalize_sha256(sha256) if sha256 else release.sha256
     archive = root / DOWNLOADS_FOLDER / archive_name_for(source, release.archive_name)
     _mkdir(root / DOWNLOADS_FOLDER)
-    remove_stale_extractions(root, release.folder)
+    _mkdir(target.parent)
+    remove_stale_extractions(target.parent, target.name)
 
     digest = _verified_archive(archive, source, expected_sha256, release.size_bytes, timeout=timeout,
                                retries=retries, retry_wait_s=retry_wait_s, progress=progress)
@@ -430,7 +471,7 @@ def extract_corpus(archive: str | Path, target: str | Path, layout_glob: str) ->
         corpus = find_corpus_root(work, layout_glob)
         if corpus is None:
             raise DownloadError(f"{archive}: no file matching {layout_glob} in the archive; "
-                                f"is it the right VCTK release?")
+                                f"is it the right corpus archive?")
         file_count = sum(1 for path in corpus.rglob("*") if path.is_file())
         os.rename(corpus, target)  # same filesystem, so atomic: the corpus appears whole or not at all
         return file_count

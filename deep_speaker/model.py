@@ -98,7 +98,8 @@ def build_rescnn(config: Config, synchronized_batch_norm: bool = False) -> keras
     x = layers.GlobalAveragePooling1D(name="temporal_average")(x)
     x = layers.Dense(config.embedding_dim, kernel_regularizer=keras.regularizers.L2(config.weight_decay),
                      name=AFFINE_LAYER)(x)
-    outputs = layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER)(x)
+    # float32 even under mixed precision: a float16 sum of 512 squares overflows.
+    outputs = layers.UnitNormalization(axis=-1, name=EMBEDDING_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name="rescnn")
 
 
@@ -123,10 +124,10 @@ def attach_head(embedding_model: keras.Model, num_speakers: int, config: Config)
     if config.head == "softmax":
         features = embedding_model.get_layer(AFFINE_LAYER).output
         head = layers.Dense(num_speakers, kernel_regularizer=keras.regularizers.L2(config.weight_decay),
-                            name=HEAD_LAYER)
+                            name=HEAD_LAYER, dtype="float32")  # logits in float32 under mixed precision
     elif config.head == "amsoftmax":
         features = embedding_model.get_layer(EMBEDDING_LAYER).output
-        head = CosineDense(num_speakers, name=HEAD_LAYER)
+        head = CosineDense(num_speakers, name=HEAD_LAYER, dtype="float32")
     else:
         raise ValueError(f"unknown head {config.head!r}; choose softmax or amsoftmax")
     return keras.Model(embedding_model.input, [embedding_model.output, head(features)], name="rescnn_with_head")

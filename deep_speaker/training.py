@@ -33,8 +33,8 @@ import tensorflow as tf
 import keras
 
 from deep_speaker.config import Config
-from deep_speaker.inputs import (UtteranceBank, WindowSampler, evaluation_windows, make_bank, softmax_dataset,
-                                 triplet_dataset)
+from deep_speaker.inputs import (UtteranceBank, evaluation_windows, make_bank, softmax_dataset, triplet_dataset,
+                                 window_sampler)
 from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trials
 from deep_speaker.model import (am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 STAGES = ("softmax", "triplet", "softmax_frozen")
 STRATEGIES = ("default", "mirrored", "multiworker")
+INPUT_PIPELINES = ("store", "memory")  # the on-disk feature store (default), or every frame in RAM (the seed's way)
+DEFAULT_LOG_EVERY = 20  # steps between reads of the device-side loss for the progress bar
 # Fields a resumed or next stage must share with the checkpoint it starts from.
 ARCHITECTURE_FIELDS = ("model_name", "width", "embedding_dim", "num_fbanks", "clipped_relu_max")
 
@@ -158,11 +160,33 @@ def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) ->
 
 
 def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_dir: str | Path, *,
-                strategy_name: str = "default", restart: bool = False) -> StageResult:
-    """Run (or resume) one training stage; returns what it achieved."""
+                strategy_name: str = "default", restart: bool = False, input_pipeline: str = "store",
+                mixed_precision: bool = False, deterministic: bool = False, log_every: int = DEFAULT_LOG_EVERY,
+                store_shard_mb: float | None = None) -> StageResult:
+    """Run (or resume) one training stage; returns what it achieved.
+
+    input_pipeline "store" streams windows from ``<cache>/store/`` (packed from
+    ``inputs/`` first when missing or stale), "memory" loads every frame into
+    RAM. mixed_precision: float16 compute, float32 variables, dynamic loss
+    scaling (for GPUs); checkpoints are saved as float32 models. deterministic:
+    TensorFlow's op determinism, for bit-identical results on GPUs too (slower).
+    """
     if stage not in STAGES:
         raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
-    cache_dir, checkpoint_dir = Path(cache_dir), Path(checkpoint_dir)
+    if input_pipeline not in INPUT_PIPELINES:
+        raise TrainingError(f"unknown input pipeline {input_pipeline!r}; choose one of {', '.join(INPUT_PIPELINES)}")
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    policy = keras.mixed_precision.global_policy()
+    try:
+        return _train_stage(stage, config, Path(cache_dir), Path(checkpoint_dir), strategy_name, restart,
+                            input_pipeline, mixed_precision, log_every, store_shard_mb)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restart, input_pipeline, mixed_precision,
+                 log_every, store_shard_mb) -> StageResult:
     strategy = make_strategy(strategy_name)
     is_chief, task_id = _worker_identity(strategy)
     folder = StageFolder(checkpoint_dir / stage if is_chief else checkpoint_dir / stage / "workers" / str(task_id))
@@ -180,32 +204,51 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
                      stage, state["epoch"], folder.path)
             return StageResult(stage, folder.path, state["epoch"], state.get("best", {}), already_finished=True)
 
-    inputs = load_inputs(cache_dir)
-    _check_features(inputs, config, cache_dir)
-    inputs = merge_augmented_copies(inputs)
-    if config.perturbed_speakers == "augment":
-        inputs = merge_perturbed_speakers(inputs)
-    speakers = sorted(inputs)
+    bank_for_share = None
+    if input_pipeline == "store":
+        config, speakers, train_bank, test_bank, bank_for_share = _store_banks(cache_dir, config, store_shard_mb)
+    else:
+        inputs = load_inputs(cache_dir)
+        _check_features(inputs, config, cache_dir)
+        inputs = merge_augmented_copies(inputs)
+        if config.perturbed_speakers == "augment":
+            inputs = merge_perturbed_speakers(inputs)
+        speakers = sorted(inputs)
     if len(speakers) < 2:
         raise TrainingError(f"{cache_dir}/inputs: {len(speakers)} training speaker(s); at least 2 are needed")
     if state is not None and saved.speakers != speakers:
         raise TrainingError(f"{folder.config}: trained on other speakers than {cache_dir}/inputs holds; "
                             f"use the same cache, or --restart")
     config = config.override(speakers=speakers)
-    train_bank = make_bank(inputs, "train", speakers)
-    test_bank = make_bank(inputs, "test", speakers)
-    del inputs
+    if input_pipeline == "memory":
+        train_bank = make_bank(inputs, "train", speakers)
+        test_bank = make_bank(inputs, "test", speakers)
+        del inputs
 
     keras.utils.set_random_seed(config.seed)
+    float32_twin = None
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
     with strategy.scope():
         model, embedding_model = _build_stage_model(stage, config, checkpoint_dir, folder, state)
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config))
+        if mixed_precision:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
+    if mixed_precision:  # checkpoints stay float32 models, as scoring and the next stages expect
+        keras.mixed_precision.set_global_policy("float32")
+        float32_twin, twin_embedding = _stage_architecture(stage, config,
+                                                           synchronized=strategy.num_replicas_in_sync > 1)
+        if stage == "softmax_frozen":
+            for layer in twin_embedding.layers:
+                layer.trainable = False
+        keras.mixed_precision.set_global_policy("mixed_float16")
     if state is not None:
         _restore_optimizer(optimizer, folder.last_optimizer)
     config.save(folder.config)
 
-    trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank)
+    trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank,
+                       bank_for_share=bank_for_share, log_every=log_every)
     # Rows of an epoch that was written but not recorded in state.json are redone.
     history = ([row for row in _read_history(folder.history) if row["epoch"] <= state["epoch"]]
                if state is not None else [])
@@ -222,8 +265,49 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
         if improved:
             best = {k: row[k] for k in row if k in ("epoch", "test_accuracy", "test_eer")}
         print(_epoch_line(stage, row, config.epochs, improved), flush=True)
-        _save_epoch(folder, model, optimizer, config, history, best, epoch, improved, writer, row)
+        if float32_twin is not None:
+            float32_twin.set_weights(model.get_weights())
+        _save_epoch(folder, float32_twin or model, optimizer, config, history, best, epoch, improved, writer, row)
     return StageResult(stage, folder.path, config.epochs, best)
+
+
+def _store_banks(cache_dir: Path, config: Config, store_shard_mb: float | None):
+    """(config, speakers, train bank, test bank, share -> train bank) from the
+    feature store, packed from inputs/ first when it is missing or stale; the
+    config after `_check_features` on what the inputs recorded. A cache with a
+    store and no inputs/ (a worker given only the store) trains from the store."""
+    from deep_speaker.feature_store import (DEFAULT_SHARD_MB, FeatureStore, StoreError, inputs_signature,
+                                            pack_store, store_dir)
+
+    if inputs_signature(cache_dir) is not None:
+        summary = pack_store(cache_dir, config, max_shard_mb=store_shard_mb or DEFAULT_SHARD_MB)
+        if summary.packed:
+            print(summary.line(), flush=True)
+    elif not (store_dir(cache_dir) / "manifest.json").exists():
+        raise FileNotFoundError(f"{cache_dir}/inputs: no training inputs (run preprocess.py "
+                                f"--generate_training_inputs)")
+    try:
+        store = FeatureStore(cache_dir)
+        store.check_settings(config)
+        _check_features(store.stand_ins(), config, cache_dir)
+        speakers, _ = store.classes(config.perturbed_speakers)
+        if len(speakers) < 2:
+            return config, speakers, None, None, None
+        train_bank = store.bank("train", config.perturbed_speakers)
+        test_bank = store.bank("test", config.perturbed_speakers)
+    except StoreError as error:
+        raise TrainingError(str(error)) from None
+    shares = {}
+
+    def bank_for_share(worker: int, workers: int):
+        if (worker, workers) not in shares:
+            shares[worker, workers] = store.bank("train", config.perturbed_speakers, share=(worker, workers))
+            log.info("input pipeline %d of %d reads %d of %d store shards (%d training utterances)", worker, workers,
+                     len(shares[worker, workers].shards_used), len(store.shards),
+                     shares[worker, workers].num_utterances)
+        return shares[worker, workers]
+
+    return config, speakers, train_bank, test_bank, bank_for_share
 
 
 def _learning_rate(config: Config):
@@ -241,11 +325,7 @@ def _build_stage_model(stage, config, checkpoint_dir, folder, state):
     uses the statistics of the global batch: replicas that each kept moving
     statistics of their own batches would save different models."""
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    embedding_model = build_embedding_model(config, synchronized_batch_norm=replicas > 1)
-    if stage == "triplet":
-        model = embedding_model
-    else:
-        model = attach_head(embedding_model, len(config.speakers), config)
+    model, embedding_model = _stage_architecture(stage, config, synchronized=replicas > 1)
     if state is not None:
         model.set_weights(load_checkpoint(folder.last).get_weights())
     elif stage == "triplet":
@@ -257,6 +337,14 @@ def _build_stage_model(stage, config, checkpoint_dir, folder, state):
         for layer in embedding_model.layers:
             layer.trainable = False
     return model, embedding_model
+
+
+def _stage_architecture(stage, config, synchronized: bool):
+    """(model, embedding model) of a stage, freshly initialised."""
+    embedding_model = build_embedding_model(config, synchronized_batch_norm=synchronized)
+    if stage == "triplet":
+        return embedding_model, embedding_model
+    return attach_head(embedding_model, len(config.speakers), config), embedding_model
 
 
 def _start_from(previous_dir: Path, embedding_model, command: str, config: Config) -> None:
@@ -347,11 +435,20 @@ def _save_epoch(folder, model, optimizer, config, history, best, epoch, improved
 class _Trainer:
     """Steps and per-epoch evaluation of one stage under a distribution strategy."""
 
-    def __init__(self, stage, config: Config, strategy, model, embedding_model, optimizer,
-                 train_bank: UtteranceBank, test_bank: UtteranceBank):
+    def __init__(self, stage, config: Config, strategy, model, embedding_model, optimizer, train_bank, test_bank, *,
+                 bank_for_share=None, log_every: int = DEFAULT_LOG_EVERY):
+        """train_bank/test_bank: UtteranceBank or feature_store.StoreBank.
+        bank_for_share(I, N): the training bank of input pipeline I of N (a
+        multi-worker worker's share of the store); None: train_bank for all."""
         self.stage, self.config, self.strategy = stage, config, strategy
         self.model, self.embedding_model, self.optimizer = model, embedding_model, optimizer
         self.train_bank, self.test_bank = train_bank, test_bank
+        self.bank_for_share = bank_for_share
+        self.log_every = max(1, log_every)
+        # Sums over the epoch, kept where the step runs: the host reads them every
+        # log_every steps and at the epoch's end, never once per step.
+        self._loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_loss_sum")
+        self._correct_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="epoch_correct_sum")
         self.global_batch = config.batch_size
         self.similarity = None
         if stage == "triplet" and config.negatives == "hard":
@@ -368,7 +465,10 @@ class _Trainer:
     def _dataset(self, first_step: int):
         def dataset_fn(context: tf.distribute.InputContext):
             batch = context.get_per_replica_batch_size(self.global_batch)
-            common = dict(bank=self.train_bank, config=self.config, batch_size=batch, seed=self.config.seed,
+            bank = self.train_bank
+            if self.bank_for_share is not None and context.num_input_pipelines > 1:
+                bank = self.bank_for_share(context.input_pipeline_id, context.num_input_pipelines)
+            common = dict(bank=bank, config=self.config, batch_size=batch, seed=self.config.seed,
                           first_step=first_step, stream=context.input_pipeline_id)
             if self.stage == "triplet":
                 return triplet_dataset(speaker_similarity=self.similarity, **common)
@@ -380,21 +480,26 @@ class _Trainer:
         config = self.config
         with tf.GradientTape() as tape:
             if self.stage == "triplet":
-                embeddings = self.model(windows, training=True)
+                embeddings = tf.cast(self.model(windows, training=True), tf.float32)
                 anchor, positive, negative = tf.split(embeddings, 3, axis=0)
                 per_example = triplet_loss(anchor, positive, negative, config.triplet_margin)
                 correct = tf.reduce_sum(anchor * positive, -1) > tf.reduce_sum(anchor * negative, -1)
             else:
                 _, head = self.model(windows, training=True)
+                head = tf.cast(head, tf.float32)
                 margin = am_margin_at(self.optimizer.iterations, config)
                 logits = speaker_logits(head, labels, config, training=True, margin=margin)
                 per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
                 correct = tf.equal(tf.cast(tf.argmax(head, axis=-1), tf.int32), labels)
+            per_example = tf.cast(per_example, tf.float32)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
             if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+                loss += tf.nn.scale_regularization_loss(tf.add_n([tf.cast(x, tf.float32) for x in self.model.losses]))
+            # Mixed precision: the loss scaled as Keras does (apply_gradients unscales and skips non-finite steps).
+            scaled = self.optimizer.scale_loss(loss) if isinstance(
+                self.optimizer, keras.optimizers.LossScaleOptimizer) else loss
         variables = self.model.trainable_variables
-        gradients = tape.gradient(loss, variables)
+        gradients = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         return loss, tf.reduce_sum(tf.cast(correct, tf.float32))
 
@@ -403,6 +508,8 @@ class _Trainer:
         loss, correct = self.strategy.run(self._replica_step, args=(windows, labels))
         total_loss = self.strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         total_correct = self.strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        self._loss_sum.assign_add(tf.cast(total_loss, tf.float64))
+        self._correct_sum.assign_add(tf.cast(total_correct, tf.float64))
         return total_loss, total_correct
 
     def train_epoch(self, epoch: int) -> dict:
@@ -411,7 +518,8 @@ class _Trainer:
         mining = self.similarity is not None
         if not mining and (self._iterator is None or self._iterator_step != first_step):
             self._iterator = self._dataset(first_step)
-        losses, correct = [], 0.0
+        self._loss_sum.assign(0.0)
+        self._correct_sum.assign(0.0)
         examples_per_step = self.global_batch
         with progress_bar(total=config.steps_per_epoch, desc=f"{self.stage} epoch {epoch}", unit="step") as bar:
             for step in range(config.steps_per_epoch):
@@ -421,23 +529,24 @@ class _Trainer:
                     # the old similarities: a new iterator makes every batch depend on
                     # (seed, step, model) only, as in a run resumed at this step.
                     self._iterator = self._dataset(first_step + step)
-                loss, hits = self._step(self._iterator)
-                losses.append(float(loss))
-                correct += float(hits)
+                self._step(self._iterator)  # no read of its results: the host runs ahead of the device
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+                if (step + 1) % self.log_every == 0:
+                    bar.set_postfix(loss=f"{float(self._loss_sum.numpy()) / (step + 1):.3f}", refresh=False)
         self._iterator_step = first_step + config.steps_per_epoch
-        return {"loss": float(np.mean(losses)), "accuracy": correct / (examples_per_step * config.steps_per_epoch)}
+        loss_sum, correct = float(self._loss_sum.numpy()), float(self._correct_sum.numpy())
+        return {"loss": loss_sum / config.steps_per_epoch,
+                "accuracy": correct / (examples_per_step * config.steps_per_epoch)}
 
     def _refresh_similarity(self, step: int) -> None:
         """Speaker-centroid cosine similarities under the current model, for
         choosing hard negatives: two random windows per speaker."""
-        sampler = WindowSampler(self.train_bank, self.config.frames)
+        sampler = window_sampler(self.train_bank, self.config.frames)  # made once: no copy per refresh
         speakers = tf.repeat(tf.range(len(self.config.speakers), dtype=tf.int64), 2)
         speakers = tf.boolean_mask(speakers, tf.gather(sampler.count, speakers) > 0)
         seed = tf.constant([self.config.seed, step], dtype=tf.int64)
         windows = sampler.random_windows(seed, sampler.random_utterances(seed + 1, speakers))
-        embeddings = self.embedding_model.predict(windows, batch_size=256, verbose=0)
+        embeddings = np.asarray(self.embedding_model.predict(windows, batch_size=256, verbose=0), np.float32)
         num = len(self.config.speakers)
         centroids = np.zeros((num, embeddings.shape[1]), np.float32)
         np.add.at(centroids, speakers.numpy(), embeddings)
@@ -456,7 +565,7 @@ class _Trainer:
             embeddings, head = self.model.predict(self.eval_windows, batch_size=64, verbose=0)
             metrics["test_accuracy"] = float(np.mean(np.argmax(head, axis=1) == self.eval_labels))
         first, second, labels = all_pairs_trials(self.eval_labels)
-        scores = score_trials(embeddings, first, second)
+        scores = score_trials(np.asarray(embeddings, np.float32), first, second)
         try:
             metrics["test_eer"] = float(equal_error_rate(scores, labels)[0])
         except ValueError:  # every held-out crop from one speaker: no EER

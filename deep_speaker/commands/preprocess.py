@@ -6,7 +6,8 @@ import contextlib
 import math
 
 from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, checked_config, comma_floats,
-                                          comma_list, non_negative_int, parser, positive_int, run, setup_logging)
+                                          comma_list, non_negative_int, parser, positive_float, positive_int, run,
+                                          setup_logging)
 
 
 def build_parser():
@@ -42,6 +43,9 @@ def build_parser():
     p.add_argument("--lock_timeout", type=non_negative_float, default=None, metavar="SECONDS",
                    help="when another run is working on the same cache folder, give up after this many seconds "
                         "(default: wait until it finishes; --shard runs of one job array do not wait for each other)")
+    p.add_argument("--store_shard_mb", type=positive_float, default=None, metavar="MB",
+                   help="--generate_training_inputs also packs the feature store training reads "
+                        "(<cache>/store/, float16 shards): largest shard in MB (default 256)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -110,6 +114,10 @@ def _stages(args, config, workers, shard) -> None:
         print(summary.line())
         if summary.written == 0 and summary.skipped == 0:
             raise CommandError("no speaker's training inputs could be written (see inputs_failures.tsv)")
+        from deep_speaker.feature_store import DEFAULT_SHARD_MB, pack_store
+
+        print(pack_store(args.cache_output_dir, config, max_shard_mb=args.store_shard_mb or DEFAULT_SHARD_MB,
+                         lock_timeout=args.lock_timeout).line())
 
 
 def _default_audio_dirs() -> list[str]:

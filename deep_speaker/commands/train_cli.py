@@ -48,6 +48,20 @@ def build_parser():
     p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of initialisation and batches")
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                    help="tf.distribute strategy: one device, all local GPUs, or workers over TF_CONFIG")
+    p.add_argument("--input_pipeline", choices=("store", "memory"), default="store",
+                   help="store: stream windows from <cache>/store/ (packed from inputs/ when missing or stale; "
+                        "memory stays flat at any corpus size); memory: load every frame into RAM (the seed's way)")
+    p.add_argument("--store_shard_mb", type=positive_float, default=None,
+                   help="when this run packs the feature store: largest shard in MB (default 256)")
+    p.add_argument("--log_every", type=positive_int, default=20,
+                   help="steps between reads of the loss for the progress bar: losses are summed on the device, "
+                        "so no step waits for the host")
+    p.add_argument("--mixed_precision", action="store_true",
+                   help="float16 compute with float32 variables and dynamic loss scaling (GPUs with tensor cores); "
+                        "checkpoints are still float32 models")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism: bit-identical results from the same seed on GPUs too "
+                        "(CPU runs already are); slower")
     p.add_argument("--restart", action="store_true", help="discard this stage's checkpoints and train from the start")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -81,7 +95,9 @@ def _main(argv) -> int:
         raise CommandError("--batch_size of triplets above 1024")
     try:
         result = train_stage(stage, config, args.cache_output_dir, args.checkpoint_dir,
-                             strategy_name=args.strategy, restart=args.restart)
+                             strategy_name=args.strategy, restart=args.restart, input_pipeline=args.input_pipeline,
+                             mixed_precision=args.mixed_precision, deterministic=args.deterministic,
+                             log_every=args.log_every, store_shard_mb=args.store_shard_mb)
     except TrainingError as error:
         raise CommandError(str(error)) from None
     if result.already_finished:

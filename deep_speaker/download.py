@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tarfile
 import time
 import urllib.parse
@@ -38,11 +37,14 @@ from urllib.request import Request, urlopen
 
 from tqdm import tqdm
 
+from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_write_text
+from deep_speaker.paths import DATA_ROOT
+from deep_speaker.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_ROOT = Path("deep-speaker-data")
+DEFAULT_DATA_ROOT = DATA_ROOT  # deep_speaker.paths: one definition for every command
 DOWNLOADS_FOLDER = "downloads"
 MARKER_NAME = ".complete"
 CHUNK_BYTES = 1 << 20
@@ -50,7 +52,7 @@ SUPPORTED_SCHEMES = ("https", "http", "ftp", "file")  # what urllib's default op
 USER_AGENT = "deep-speaker-vctk-downloader/1.0 (python urllib)"
 
 
-class DownloadError(ValueError):
+class DownloadError(InputError):
     """A download or extraction that failed for an expected reason; the
     message is one line naming the URL or file and the reason."""
 
@@ -392,11 +394,8 @@ def _check_size(part: Path, url: str, expected_size: int | None) -> None:
 
 
 def _progress_bar(total: int | None, *, initial: int, desc: str, enabled: bool) -> tqdm:
-    """A byte-counting tqdm bar on stderr; redraws rarely when stderr is a log file."""
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                file=sys.stderr, dynamic_ncols=interactive, mininterval=0.2 if interactive else 30.0,
-                disable=not enabled)
+    """A byte-counting bar (`deep_speaker.progress.progress_bar`, the one bar of every stage)."""
+    return progress_bar(total, desc, unit="B", enabled=enabled, initial=initial, scale_bytes=True)
 
 
 def _parse_content_range(url: str, value: str | None) -> tuple[int, int | None]:

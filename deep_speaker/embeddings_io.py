@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_write, atomic_write_text
 
 
@@ -40,4 +41,4 @@ def write_embeddings(output: str | Path, embeddings: np.ndarray, names: list[str
                     "skipped": [{"file": p, "reason": r} for p, r in skipped]}
         atomic_write_text(output, json.dumps(document))
         return [output]
-    raise ValueError(f"{output}: output must end in .npy, .csv or .json")
+    raise InputError(f"{output}: output must end in .npy, .csv or .json")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from deep_speaker.corpus import discover_utterances, parse_utterance
+from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, det_curve, score_trials, verification_report
 from deep_speaker.identification import identification_accuracy
@@ -54,7 +55,7 @@ def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
             continue
         parts = line.split()
         if len(parts) != 3 or parts[0].lower() not in _LABELS:
-            raise ValueError(f"{trials_file}:{number}: expected 'label path1 path2' with label 1/0 or "
+            raise InputError(f"{trials_file}:{number}: expected 'label path1 path2' with label 1/0 or "
                              f"target/nontarget, got {line!r}")
         ids = []
         for name in parts[1:]:
@@ -64,7 +65,7 @@ def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
         second.append(ids[1])
         labels.append(_LABELS[parts[0].lower()])
     if not labels:
-        raise ValueError(f"{trials_file}: no trials")
+        raise InputError(f"{trials_file}: no trials")
     files = list(index)
     root = audio_root.resolve()
     speakers = []
@@ -94,6 +95,9 @@ def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embedd
     usable = (row_of[trials.first] >= 0) & (row_of[trials.second] >= 0)
     first, second = row_of[trials.first][usable], row_of[trials.second][usable]
     labels = trials.labels[usable]
+    if not (np.any(labels == 1) and np.any(labels == 0)):
+        raise InputError(f"{int(np.sum(labels == 1))} target and {int(np.sum(labels == 0))} non-target trials could "
+                         f"be scored: an EER needs both (two speakers at least, one of them with two usable files)")
     scores = score_trials(embeddings, first, second)
     speaker_by_file = dict(zip(trials.files, trials.speakers))
     speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)

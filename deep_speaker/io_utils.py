@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
+from deep_speaker.errors import InputError
 
-class UnsafePickleError(ValueError):
+
+class UnsafePickleError(InputError):
     """A pickle asked for a global that deep-speaker never writes."""
 
 
-# (module, name) pairs that numpy arrays and scalars need when unpickled.
+# (module, name) pairs that numpy arrays and scalars need when unpickled: numpy 2.x
+# writes numpy._core.*, numpy 1.x (the 2018 code's caches) numpy.core.*; numpy 2.x
+# still resolves the old path, so both load.
 _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
@@ -45,9 +49,12 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def load_pickle(path: str | Path) -> Any:
     """Load a cache pickle, allowing only plain data and numpy arrays.
 
-    Raises ValueError (UnsafePickleError for refused globals) naming the file.
+    Raises InputError, a ValueError (UnsafePickleError for refused globals),
+    naming the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a pickle file")
     try:
         data = path.read_bytes()
         return _RestrictedUnpickler(io.BytesIO(data)).load()
@@ -55,7 +62,7 @@ def load_pickle(path: str | Path) -> Any:
         raise UnsafePickleError(f"{path}: unsafe pickle refused ({error})") from None
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError, IndexError,
             TypeError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable pickle ({type(error).__name__}: {error})") from None
+        raise InputError(f"{path}: unreadable pickle ({type(error).__name__}: {error})") from None
 
 
 @functools.lru_cache(maxsize=None)

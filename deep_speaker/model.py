@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from deep_speaker.config import Config
+from deep_speaker.errors import InputError
 
 EMBEDDING_LAYER = "embedding"  # the unit-norm output
 AFFINE_LAYER = "affine"  # the 512-d affine output before normalisation
@@ -178,7 +179,7 @@ def triplet_loss(anchor, positive, negative, margin: float):
     return keras.ops.maximum(similarity_negative - similarity_positive + margin, 0.0)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A model file that is missing or cannot be loaded safely."""
 
 

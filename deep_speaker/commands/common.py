@@ -1,21 +1,35 @@
 """What every command shares: default paths, logging, and turning expected
-errors into one clear line with exit code 2."""
+errors into one clear line with exit code 2.
+
+Expected errors are the types of `deep_speaker.errors` (bad input, mismatched
+settings, ...) and OSError (a missing, unreadable or unwritable file): one line,
+exit 2. Anything else is a bug: one line naming the file its traceback was
+written to, exit 1; `--verbose` prints the traceback of every error instead.
+Nothing here imports numpy, soundfile or TensorFlow, so `--help` stays fast and
+works on a half-installed machine."""
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
-from pathlib import Path
+import tempfile
+import time
+import traceback
 from typing import NoReturn
 
-DATA_ROOT = Path("deep-speaker-data")  # the seed's data root, relative to where commands run
+from deep_speaker.errors import DeepSpeakerError
+from deep_speaker.paths import DATA_ROOT
+
 DEFAULT_CACHE_DIR = DATA_ROOT / "cache"
 DEFAULT_CHECKPOINT_DIR = DATA_ROOT / "checkpoints"
-EXIT_USAGE = 2
+EXIT_USAGE = 2  # expected errors and usage errors
+EXIT_BUG = 1  # an unexpected exception
 
 
-class CommandError(Exception):
+class CommandError(DeepSpeakerError):
     """An expected failure: printed as one line, exit code 2."""
 
 
@@ -120,9 +134,64 @@ def checked_config(config):
 
 
 def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr; unless `verbose`, keep TensorFlow's C++ start-up noise out of
+    it (cudart_stub, cuInit, oneDNN, "All log messages before absl::InitializeLog()"
+    on a CPU machine): TF_CPP_MIN_LOG_LEVEL=3 for what TensorFlow logs once it
+    reads it (a value the user set wins), and stderr sent elsewhere while
+    TensorFlow is imported, since some of its messages come before that."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Imports TensorFlow, the first time anything does, with file descriptor 2
+    pointed at a temp file: its C++ start-up messages are written there before
+    TF_CPP_MIN_LOG_LEVEL is read. If the import fails, what it wrote is replayed
+    on stderr, so a broken install still says why."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                module = importlib.import_module(name)
+            except BaseException:
+                os.dup2(saved, 2)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode("utf-8", "replace"))
+                raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+        try:  # TensorFlow's own Python warnings (absl) down to errors as well
+            from absl import logging as absl_logging
+
+            absl_logging.set_verbosity(absl_logging.ERROR)
+        except ImportError:
+            pass
+        return importlib.util.spec_from_loader(name, _AlreadyImported(module))
+
+
+class _AlreadyImported(importlib.abc.Loader):
+    """Hands the import system a module that is already imported, as it was."""
+
+    def __init__(self, module):
+        self.module = module
+        self.spec, self.loader = module.__spec__, getattr(module, "__loader__", None)
+
+    def create_module(self, spec):
+        return self.module
+
+    def exec_module(self, module):
+        module.__spec__, module.__loader__ = self.spec, self.loader
 
 
 def exit_skipping_teardown(code: int | None) -> NoReturn:
@@ -158,23 +227,56 @@ def quick_exit_entry_point(main):
 
 
 def run(body, argv=None) -> int:
-    """Call body(argv) and map expected failures to one line on stderr, exit 2."""
-    from deep_speaker.audio import AudioError
-
+    """Call body(argv): expected failures (`deep_speaker.errors`, OSError) become
+    one line on stderr and exit code 2; anything else is a bug, reported as one
+    line naming the file that holds its traceback, exit code 1. With --verbose
+    in argv every error's traceback is printed too."""
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else [str(a) for a in argv])
     try:
         return body(argv) or 0
     except AlreadyReported as reported:
         return reported.code
-    except (CommandError, AudioError, FileNotFoundError, ValueError, PermissionError) as error:
-        print(f"error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
+    except DeepSpeakerError as error:
+        return _expected(error, _one_line(error), verbose)
     except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at flush
         return 1
-    except OSError as error:  # disk full, read-only folder, ...
+    except IsADirectoryError as error:
+        return _expected(error, f"{error.filename or error}: is a directory, not a file", verbose)
+    except OSError as error:  # a missing or unreadable file, disk full, read-only folder, ...
         message = f"{error.filename or ''}: {error.strerror or error}".removeprefix(": ")
-        print(f"error: {_one_line(message)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _expected(error, _one_line(message), verbose)
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: never dressed up as the user's mistake
+        return _report_bug(error, verbose)
+
+
+def _expected(error: BaseException, line: str, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"error: {line}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _report_bug(error: BaseException, verbose: bool) -> int:
+    """Print the traceback (verbose) or write it to a file and name it, so one
+    line still says what happened and where to look."""
+    text = "".join(traceback.format_exception(error))
+    summary = f"internal error {type(error).__name__}: {_one_line(error) or '(no message)'}"
+    if verbose:
+        sys.stderr.write(text)
+        print(f"error: {summary} (a bug in deep-speaker)", file=sys.stderr)
+        return EXIT_BUG
+    try:
+        fd, name = tempfile.mkstemp(prefix=f"deep-speaker-traceback-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(f"{' '.join(sys.argv)}\n\n{text}")
+        where = f"traceback in {name}"
+    except OSError:
+        sys.stderr.write(text)
+        where = "traceback above"
+    print(f"error: {summary} (a bug in deep-speaker; {where}; --verbose prints it)", file=sys.stderr)
+    return EXIT_BUG

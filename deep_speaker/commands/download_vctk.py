@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from deep_speaker.commands.common import DATA_ROOT, parser, positive_float, run, setup_logging
+from deep_speaker.commands.common import DATA_ROOT, non_negative_int, parser, positive_float, run, setup_logging
 
 
 def build_parser():
@@ -26,7 +26,7 @@ def build_parser():
                    help="keep the archive in <data_root>/downloads/ after a successful extraction")
     p.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="network timeout for connecting and for each read")
-    p.add_argument("--retries", type=_non_negative_int, default=3,
+    p.add_argument("--retries", type=non_negative_int, default=3,
                    help="times a dropped connection is resumed before giving up")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--replace_existing", action="store_true",
@@ -64,13 +64,3 @@ def _sha256(text: str) -> str:
         return normalize_sha256(text)
     except DownloadError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value

@@ -4,10 +4,20 @@ One pickle per utterance in ``<cache>/audio_cache_pkl/<utterance_id>.pkl`` with 
 seed's keys (`filename`, `left_blank_duration_ms`, `right_blank_duration_ms`,
 `audio_voice_only`, `audio`) plus `speaker_id`, `utterance_id`, `sample_rate`.
 Each run also appends to an index in ``<cache>/audio_cache_index/`` so stage 2
-can group utterances by speaker without opening every pickle.
+can group utterances by speaker without opening every pickle, and records the
+settings the cache is made with (rate, trim rule and its parameters) in
+``<cache>/audio_cache_pkl/settings.json``: an update with other settings is
+refused, stage 2 and training copy them, and scoring refuses a model made with
+other ones (`check_audio_settings`).
+
+The 2018 code's cache is read as it is: ``<file stem>_cache.pkl`` records holding
+only ``audio`` and ``audio_voice_only`` ((n, 1) float32), the blank durations and
+``filename``; speaker and utterance come from `corpus.seed_cache_ids`, the rate and
+trim are that code's (`SEED_AUDIO_SETTINGS`), and arrays are read as 1-D.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
-from deep_speaker.config import Config
-from deep_speaker.corpus import Utterance, discover_utterances, id_in_shard, in_shard
+from deep_speaker.config import AUDIO_FIELDS, CONFIG_VERSION, Config
+from deep_speaker.corpus import Utterance, discover_utterances, id_in_shard, in_shard, seed_cache_ids
+from deep_speaker.errors import InputError, SettingsMismatchError
 from deep_speaker.io_utils import atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
 from deep_speaker.locking import cache_lock
 from deep_speaker.parallel import map_jobs
@@ -32,6 +43,11 @@ AUDIO_CACHE_DIR = "audio_cache_pkl"
 INDEX_DIR = "audio_cache_index"
 REGENERATING_MARKER = ".regenerating"
 INDEX_COLUMNS = ("cache_file", "speaker_id", "utterance_id", "duration_s", "voice_s", "source")
+SETTINGS_FILE = "settings.json"  # in audio_cache_pkl/, so a regenerate wipes it with the pickles
+# What the 2018 code cached with (its constants: 8 kHz, voice = first to last sample above the
+# 95th percentile of |x|, no minimum length); its records do not say.
+SEED_AUDIO_SETTINGS = {"sample_rate_hz": 8000, "trim": "percentile", "trim_percentile": 95.0,
+                       "trim_top_db": Config.trim_top_db, "min_voice_ms": 0.0}
 
 
 @dataclass
@@ -150,6 +166,7 @@ def _build_locked(utterances: list[Utterance], cache_dir: Path, config: Config, 
         else:
             _wipe_shard(output_dir, shard)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _record_audio_settings(cache_dir, config)
     if regenerate:
         marker.touch()
     _remove_stale_temps(cache_dir, shard)
@@ -180,6 +197,90 @@ def _build_locked(utterances: list[Utterance], cache_dir: Path, config: Config, 
     if regenerate:
         marker.unlink(missing_ok=True)
     return summary
+
+
+def audio_settings_path(cache_dir: str | Path) -> Path:
+    return audio_cache_dir(cache_dir) / SETTINGS_FILE
+
+
+def read_audio_settings(cache_dir: str | Path) -> tuple[dict, bool]:
+    """(settings, recorded) of an audio cache: its settings.json; else, for a cache
+    of the 2018 code, `SEED_AUDIO_SETTINGS`; else (a cache made before settings
+    were recorded) the rate of its records with the default trim, recorded=False.
+    A settings.json that is not valid is an InputError naming it."""
+    path = audio_settings_path(cache_dir)
+    if path.is_file():
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+            settings = {name: values[name] for name in AUDIO_FIELDS}
+            Config().override(**settings).validate()
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{path}: not a readable cache settings file ({type(error).__name__}: {error}); "
+                             f"rebuild the cache with preprocess.py --regenerate_full_cache") from None
+        return settings, True
+    first = next(iter(sorted(audio_cache_dir(cache_dir).glob("*.pkl"))), None)
+    if first is not None:
+        try:
+            raw = load_pickle(first)
+        except ValueError:
+            raw = None
+        if isinstance(raw, dict) and _is_seed_record(raw):
+            return dict(SEED_AUDIO_SETTINGS), True
+        if isinstance(raw, dict) and isinstance(raw.get("sample_rate"), (int, np.integer)):
+            return {**Config().audio_settings(), "sample_rate_hz": int(raw["sample_rate"])}, False
+    return Config().audio_settings(), False
+
+
+def audio_settings_mismatch(recorded: dict, config: Config) -> list[str]:
+    """'field: cache vs config' for each setting that changes what a cached
+    utterance holds (the rate and the trim rule with its own parameter; the
+    minimum length only rejects files, so it may differ).
+
+    >>> audio_settings_mismatch(Config(trim='energy').audio_settings(), Config())
+    ["trim: 'energy' vs 'percentile'"]
+    """
+    fields = ["sample_rate_hz", "trim", "trim_percentile" if config.trim == "percentile" else "trim_top_db"]
+    return [f"{name}: {recorded.get(name)!r} vs {getattr(config, name)!r}" for name in fields
+            if recorded.get(name) != getattr(config, name)]
+
+
+def check_audio_settings(cache_dir: str | Path, config: Config, what: str) -> dict:
+    """The cache's audio settings when `config` (of `what`: a model, a run) uses
+    the same ones; else SettingsMismatchError in one line. An unrecorded cache is
+    assumed to match, with a warning."""
+    settings, recorded = read_audio_settings(cache_dir)
+    different = audio_settings_mismatch(settings, config)
+    if different and recorded:
+        raise SettingsMismatchError(f"{audio_cache_dir(cache_dir)} was made with other audio settings than {what} "
+                                    f"({'; '.join(different)}, cache vs {what})")
+    if not recorded:
+        log.warning("%s records no audio settings (made before they were recorded): assuming %s's (%s); "
+                    "rebuild it with --regenerate_full_cache if it was made with another --trim",
+                    audio_cache_dir(cache_dir), what, ", ".join(f"{k}={getattr(config, k)!r}" for k in AUDIO_FIELDS))
+        settings = config.audio_settings()
+    return settings
+
+
+def _record_audio_settings(cache_dir: Path, config: Config) -> None:
+    """Write this run's audio settings beside the pickles, or refuse to add files
+    made with other settings to a cache that records its own."""
+    path = audio_settings_path(cache_dir)
+    if path.is_file() or any(audio_cache_dir(cache_dir).glob("*.pkl")):
+        settings, recorded = read_audio_settings(cache_dir)
+        different = audio_settings_mismatch(settings, config)
+        if recorded and different:
+            raise SettingsMismatchError(
+                f"{audio_cache_dir(cache_dir)} holds audio cached with other settings ({'; '.join(different)}, "
+                f"cache vs this run): pass the same flags (e.g. --trim {settings['trim']}), or rebuild it with "
+                f"--regenerate_full_cache (without --shard)")
+        if not recorded:
+            log.warning("%s records no audio settings (made before they were recorded); adding files made with "
+                        "trim=%s", audio_cache_dir(cache_dir), config.trim)
+            return
+        if path.is_file():
+            return
+    atomic_write_text(path, json.dumps({"config_version": CONFIG_VERSION, **config.audio_settings()},
+                                       indent=2, sort_keys=True) + "\n")
 
 
 def _remove_stale_temps(cache_dir: Path, shard: tuple[int, int] | None) -> None:
@@ -282,26 +383,43 @@ def _append_index(cache_dir: Path, rows: list[dict]) -> None:
 
 REQUIRED_KEYS = ("filename", "speaker_id", "utterance_id", "sample_rate", "left_blank_duration_ms",
                  "right_blank_duration_ms", "audio_voice_only", "audio")
+# What a record of the 2018 code holds (and nothing of ours beyond it).
+SEED_KEYS = ("filename", "left_blank_duration_ms", "right_blank_duration_ms", "audio_voice_only", "audio")
+
+
+def _is_seed_record(record: dict) -> bool:
+    return all(key in record for key in SEED_KEYS) and not any(
+        key in record for key in ("speaker_id", "utterance_id", "sample_rate"))
 
 
 def load_cached_utterance(path: str | Path) -> dict:
     """One cache pickle, checked: a dict with the keys above, string ids, a
-    positive integer rate and finite 1-D float audio; ValueError naming the file."""
+    positive integer rate and finite float audio, returned with 1-D arrays;
+    InputError (a ValueError) naming the file. A record of the 2018 code gets
+    its ids from `corpus.seed_cache_ids` and that code's rate (8 kHz)."""
+    path = Path(path)
     record = load_pickle(path)
+    if isinstance(record, dict) and _is_seed_record(record) and isinstance(record["filename"], str):
+        speaker_id, utterance_id = seed_cache_ids(record["filename"], path.name)
+        record = {**record, "speaker_id": speaker_id, "utterance_id": utterance_id,
+                  "sample_rate": SEED_AUDIO_SETTINGS["sample_rate_hz"]}
     if not isinstance(record, dict) or any(key not in record for key in REQUIRED_KEYS):
-        raise ValueError(f"{path}: not an audio cache record (missing keys)")
+        raise InputError(f"{path}: not an audio cache record (missing keys)")
     for key in ("filename", "speaker_id", "utterance_id"):
         if not isinstance(record[key], str):
-            raise ValueError(f"{path}: not an audio cache record ({key} is not a string)")
+            raise InputError(f"{path}: not an audio cache record ({key} is not a string)")
     rate = record["sample_rate"]
     if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate <= 0:
-        raise ValueError(f"{path}: not an audio cache record (sample_rate {rate!r})")
+        raise InputError(f"{path}: not an audio cache record (sample_rate {rate!r})")
     for key in ("audio", "audio_voice_only"):
         value = record[key]
+        # (n, 1) is how the 2018 code stored a mono signal; we store (n,).
+        if isinstance(value, np.ndarray) and value.ndim == 2 and value.shape[1] == 1:
+            value = record[key] = value[:, 0]
         if not isinstance(value, np.ndarray) or value.ndim != 1:
-            raise ValueError(f"{path}: {key} is not a 1-D array")
+            raise InputError(f"{path}: {key} is not a 1-D (or (n, 1)) array")
         if value.dtype.kind != "f" or not np.all(np.isfinite(value)):
-            raise ValueError(f"{path}: {key} is not finite floating-point audio")
+            raise InputError(f"{path}: {key} is not finite floating-point audio")
     return record
 
 

@@ -3,6 +3,23 @@
 `Config` holds documented defaults; training writes it as JSON beside each
 checkpoint and scoring reads it back, so a model never needs its flags again.
 Only the standard library is imported here, so every stage can depend on it.
+
+What a checkpoint's config.json holds (`config_version` 2): every training
+setting the stage used, and the data settings of the cache it was trained on
+(`DATA_FIELDS`: sample rate, trim rule and its parameters, feature settings,
+train/test split, speed factors, augmented copies), copied from the training
+inputs rather than from the training command's flags, since those are set by
+preprocess.py; plus the settings of the stages it started from
+(`earlier_stages`). Scoring applies the model's own audio and feature settings
+to what it scores, and refuses a cache made with other ones.
+
+A config.json without `config_version` was written before that (version 1):
+`Config.load` reads it as it is, fills the fields it lacks with the values that
+code used (`LEGACY_V1_DEFAULTS`: batch-norm momentum 0.99, Keras's default then),
+and keeps `config_version` 1, which tells its readers that the trim fields are
+the defaults rather than a record (every run used them unless `preprocess.py
+--trim energy`) and that `speed_perturbations` was not recorded (it is filled in
+from `-sp<f>` pseudo-speakers among its `speakers`).
 """
 from __future__ import annotations
 
@@ -12,6 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deep_speaker.errors import InputError
+
+# Version of the config.json layout; see the module docstring.
+CONFIG_VERSION = 2
 
 @dataclass
 class Config:
@@ -74,9 +95,16 @@ class Config:
     eval_utterances: int = 200  # held-out utterances embedded for the per-epoch EER
     eval_frames: int = 300  # centre crop of each held-out utterance for per-epoch evaluation (frames)
     seed: int = 1234
+    strategy: str = "default"  # tf.distribute strategy the stage ran under (train_cli.py --strategy)
 
     # bookkeeping filled by training, not a tunable
     speakers: list[str] = field(default_factory=list)
+    stage: str = ""  # training stage that wrote this config ("" outside training)
+    # Settings of the stages this one started from, oldest first (each a dict of this
+    # class's fields less speakers and earlier_stages), so a triplet checkpoint also
+    # tells how its softmax pre-training ran.
+    earlier_stages: list = field(default_factory=list)
+    config_version: int = CONFIG_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -93,20 +121,24 @@ class Config:
     @classmethod
     def load(cls, path: str | Path) -> "Config":
         """Read a config.json (a sidecar that may come from elsewhere): JSON
-        object, known fields, right types, sane values; else ValueError naming
-        the file and the reason."""
+        object, known fields, right types, sane values; else ConfigError (a
+        ValueError) naming the file and the reason. A version-1 file (no
+        `config_version`) is upgraded as the module docstring says."""
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, not a config JSON file")
         try:
-            if Path(path).stat().st_size > MAX_CONFIG_BYTES:
+            if path.stat().st_size > MAX_CONFIG_BYTES:
                 raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes")
-            values = json.loads(Path(path).read_text(encoding="utf-8"))
+            values = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
-            raise ValueError(f"{path}: not a readable config JSON ({type(error).__name__}: {error})") from None
+            raise ConfigError(f"{path}: not a readable config JSON ({type(error).__name__}: {error})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: config JSON must be an object")
+            raise ConfigError(f"{path}: config JSON must be an object")
         try:
-            return cls.from_dict(values).validate()
+            return cls.from_dict(upgrade_config_values(values)).validate()
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: {error}") from None
+            raise ConfigError(f"{path}: {error}") from None
 
     def validate(self) -> "Config":
         """Check every value lies in its sane range; returns self.
@@ -116,24 +148,26 @@ class Config:
         >>> Config(sample_rate_hz=0).validate()
         Traceback (most recent call last):
         ...
-        ValueError: config field 'sample_rate_hz' must lie in 1000..192000, got 0
+        deep_speaker.config.ConfigError: config field 'sample_rate_hz' must lie in 1000..192000, got 0
         """
         for name, (low, high) in _RANGES.items():
             value = getattr(self, name, None)
             if value is not None and not (low <= value <= high):  # also false for NaN
-                raise ValueError(f"config field {name!r} must lie in {low:g}..{high:g}, got {value!r}")
+                raise ConfigError(f"config field {name!r} must lie in {low:g}..{high:g}, got {value!r}")
         for name, choices in _CHOICES.items():
             if getattr(self, name, choices[0]) not in choices:
-                raise ValueError(f"config field {name!r} must be one of {', '.join(choices)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise ConfigError(f"config field {name!r} must be one of {', '.join(choices)}, "
+                                  f"got {getattr(self, name)!r}")
         for factor in self.speed_perturbations:
             if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0.5 <= factor <= 2.0:
-                raise ValueError(f"config field 'speed_perturbations' holds {factor!r}; factors lie in 0.5..2")
+                raise ConfigError(f"config field 'speed_perturbations' holds {factor!r}; factors lie in 0.5..2")
         if not all(isinstance(name, str) for name in self.speakers):
-            raise ValueError("config field 'speakers' must be a list of strings")
+            raise ConfigError("config field 'speakers' must be a list of strings")
+        if not all(isinstance(item, dict) and all(isinstance(k, str) for k in item) for item in self.earlier_stages):
+            raise ConfigError("config field 'earlier_stages' must be a list of objects")
         if self.frame_length_samples < 1 or self.frame_shift_samples < 1:
-            raise ValueError("config: frame_length_ms and frame_shift_ms give less than one sample "
-                             f"at {self.sample_rate_hz} Hz")
+            raise ConfigError("config: frame_length_ms and frame_shift_ms give less than one sample "
+                              f"at {self.sample_rate_hz} Hz")
         return self
 
     def override(self, **overrides: Any) -> "Config":
@@ -144,13 +178,13 @@ class Config:
         >>> Config().override(widht=0.25)
         Traceback (most recent call last):
         ...
-        ValueError: unknown config field 'widht'
+        deep_speaker.config.ConfigError: unknown config field 'widht'
         """
         known = {f.name: f for f in dataclasses.fields(self)}
         checked = {}
         for name, value in overrides.items():
             if name not in known:
-                raise ValueError(f"unknown config field {name!r}")
+                raise ConfigError(f"unknown config field {name!r}")
             checked[name] = _coerce(name, value, type(getattr(self, name)))
         return dataclasses.replace(self, **checked)
 
@@ -163,8 +197,31 @@ class Config:
         return int(round(self.sample_rate_hz * self.frame_shift_ms / 1000))
 
     def feature_settings(self) -> dict[str, Any]:
-        """The settings a cache and a checkpoint must agree on."""
+        """The log-fbank settings training inputs and a checkpoint must agree on."""
         return {name: getattr(self, name) for name in FEATURE_FIELDS}
+
+    def audio_settings(self) -> dict[str, Any]:
+        """The settings an audio cache is made with (rate, trim rule and its parameters)."""
+        return {name: getattr(self, name) for name in AUDIO_FIELDS}
+
+    def data_settings(self) -> dict[str, Any]:
+        """Everything preprocess.py decides about the data a model is trained on
+        (`DATA_FIELDS`): recorded with the cache and the inputs, copied into the
+        checkpoint's config.json.
+
+        >>> sorted(Config().data_settings())[:3]
+        ['augment_copies', 'fft_size', 'frame_length_ms']
+        """
+        return {name: (list(getattr(self, name)) if name == "speed_perturbations" else getattr(self, name))
+                for name in DATA_FIELDS}
+
+    def stage_settings(self) -> dict[str, Any]:
+        """This config as one entry of a later stage's `earlier_stages`."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("speakers", "earlier_stages")}
+
+
+class ConfigError(InputError):
+    """A config (a config.json, or values given to Config) that cannot be used."""
 
 
 MAX_CONFIG_BYTES = 1 << 24  # a config.json of a million speakers is still far smaller
@@ -183,12 +240,45 @@ _RANGES = {
     "epochs": (0, 1_000_000), "steps_per_epoch": (1, 100_000_000), "lr": (1e-12, 1e6),
     "triplet_margin": (0.0, 1e6), "hard_pool_size": (1, 1_000_000), "hard_refresh_steps": (1, 100_000_000),
     "eval_utterances": (1, 100_000_000), "eval_frames": (1, 10_000_000), "seed": (-2 ** 63, 2 ** 63 - 1),
+    "config_version": (1, CONFIG_VERSION),
 }
 _CHOICES = {"trim": ("percentile", "energy"), "head": ("softmax", "amsoftmax"),
-            "perturbed_speakers": ("classes", "augment"),
+            "perturbed_speakers": ("classes", "augment"), "strategy": ("default", "mirrored", "multiworker"),
+            "stage": ("", "softmax", "triplet", "softmax_frozen"),
             "lr_schedule": ("constant", "cosine"), "negatives": ("hard", "random")}
 
 FEATURE_FIELDS = ("sample_rate_hz", "num_fbanks", "frame_length_ms", "frame_shift_ms", "fft_size", "preemphasis")
+# Stage 1 (audio cache): what a cached utterance's samples and voice bounds depend on.
+AUDIO_FIELDS = ("sample_rate_hz", "trim", "trim_percentile", "trim_top_db", "min_voice_ms")
+# Stage 2 (training inputs), beyond the features: which utterances train, which pseudo-speakers exist.
+INPUTS_FIELDS = ("test_fraction", "split_seed", "speed_perturbations", "augment_copies")
+DATA_FIELDS = tuple(dict.fromkeys(AUDIO_FIELDS + FEATURE_FIELDS + INPUTS_FIELDS))
+
+# What a version-1 config.json (no config_version) lacks, as that code ran: batch norm
+# kept Keras's momentum 0.99 before the field existed.
+LEGACY_V1_DEFAULTS = {"batch_norm_momentum": 0.99}
+
+
+def upgrade_config_values(values: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a config.json brought to the current layout (see the module
+    docstring): a version-1 file keeps version 1 and gets `LEGACY_V1_DEFAULTS` for
+    the fields it lacks, and its unrecorded speed factors from its speakers.
+
+    >>> upgrade_config_values({"speakers": ["a", "a-sp0.9", "b-sp1.1"]})["speed_perturbations"]
+    [0.9, 1.1]
+    >>> upgrade_config_values({})["batch_norm_momentum"], upgrade_config_values({})["config_version"]
+    (0.99, 1)
+    """
+    if "config_version" in values:
+        return dict(values)
+    from deep_speaker.corpus import split_pseudo_speaker_id
+
+    upgraded = {**LEGACY_V1_DEFAULTS, **values, "config_version": 1}
+    speakers = values.get("speakers")
+    if not values.get("speed_perturbations") and isinstance(speakers, list):
+        factors = {split_pseudo_speaker_id(name)[1] for name in speakers if isinstance(name, str)}
+        upgraded["speed_perturbations"] = sorted(f for f in factors if f != 1.0)
+    return upgraded
 
 
 def _coerce(name: str, value: Any, expected: type) -> Any:
@@ -197,5 +287,5 @@ def _coerce(name: str, value: Any, expected: type) -> Any:
     if expected is list and isinstance(value, (list, tuple)):
         return list(value)
     if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ValueError(f"config field {name!r} must be {expected.__name__}, got {value!r}")
+        raise ConfigError(f"config field {name!r} must be {expected.__name__}, got {value!r}")
     return value

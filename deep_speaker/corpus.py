@@ -1,5 +1,6 @@
 """Find the utterances of a corpus and name them: the one place where speaker
-and utterance ids are parsed from paths.
+and utterance ids are parsed, from paths, from the 2018 code's cache files, and
+from the pseudo-speaker ids training inputs add.
 
 Layouts (speaker = folder, as in the seed):
 - VCTK 0.80: ``wav48/p225/p225_001.wav``
@@ -7,6 +8,15 @@ Layouts (speaker = folder, as in the seed):
 - LibriSpeech: ``<split>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac``
 - any folder-per-speaker tree: ``<root>/<Name>/**/*.wav|flac|ogg|mp3``; files lying
   directly in the root belong to a speaker named after the root folder.
+- the 2018 code's audio cache: ``audio_cache_pkl/<file stem>_cache.pkl`` whose
+  ``filename`` is the source path; speaker = its parent folder (`seed_cache_ids`).
+
+Pseudo-speakers of the training inputs: ``<speaker>-sp<f>`` (speed factor f) and
+``<speaker>[-sp<f>]-aug<k>`` (augmented copy k). Their ids are written here and
+never parsed back to decide who is who: the inputs record each one's source
+speaker, speed and copy, so a real speaker folder named ``Ann-aug2`` stays a
+speaker of its own. `split_pseudo_speaker_id` reads a name only where nothing
+else was recorded (a version-1 config.json's speaker list).
 """
 from __future__ import annotations
 
@@ -15,6 +25,8 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from deep_speaker.errors import InputError
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}
 # The original implementation's four held-out VCTK speakers.
@@ -36,6 +48,97 @@ class Utterance:
     @property
     def cache_name(self) -> str:
         return f"{self.utterance_id}.pkl"
+
+
+def perturbed_speaker_id(speaker_id: str, factor: float) -> str:
+    """Id of a speed-perturbed pseudo-speaker; factor 1 is the speaker itself.
+
+    >>> perturbed_speaker_id('p225', 0.9), perturbed_speaker_id('p225', 1.0)
+    ('p225-sp0.9', 'p225')
+    """
+    return speaker_id if factor == 1.0 else f"{speaker_id}-sp{factor:g}"
+
+
+def augmented_speaker_id(speaker_id: str, copy: int) -> str:
+    """Id of the augmented copy `copy` of a (pseudo-)speaker; copy 0 is the speaker itself.
+
+    >>> augmented_speaker_id('p225-sp0.9', 2), augmented_speaker_id('p225', 0)
+    ('p225-sp0.9-aug2', 'p225')
+    """
+    return f"{speaker_id}-aug{copy}" if copy else speaker_id
+
+
+def pseudo_speaker_id(speaker_id: str, speed: float = 1.0, copy: int = 0) -> str:
+    """Id of the inputs made from real speaker `speaker_id` at `speed`, copy `copy`.
+
+    >>> pseudo_speaker_id('Ann-aug2', 1.1, 1)
+    'Ann-aug2-sp1.1-aug1'
+    """
+    return augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy)
+
+
+def strip_pseudo_suffix(speaker_id: str, speed: float, copy: int, *, keep_speed: bool = False) -> str:
+    """The inverse of `pseudo_speaker_id` for a known speed and copy: the source
+    speaker (or, keep_speed=True, the speed-perturbed pseudo-speaker a copy was
+    made from). Only the recorded suffixes are removed, so `Ann-aug2` at speed 1,
+    copy 0 is the real speaker `Ann-aug2`; an id that does not end in the
+    recorded suffixes is an InputError.
+
+    >>> strip_pseudo_suffix('Ann-aug2', 1.0, 0), strip_pseudo_suffix('Ann-sp0.9-aug1', 0.9, 1)
+    ('Ann-aug2', 'Ann')
+    >>> strip_pseudo_suffix('Ann-sp0.9-aug1', 0.9, 1, keep_speed=True)
+    'Ann-sp0.9'
+    """
+    name = speaker_id
+    if copy:
+        suffix = f"-aug{copy}"
+        if not name.endswith(suffix):
+            raise InputError(f"speaker id {speaker_id!r} does not end in {suffix!r} although it is augmented copy {copy}")
+        name = name[: -len(suffix)]
+    if speed != 1.0 and not keep_speed:
+        suffix = f"-sp{speed:g}"
+        if not name.endswith(suffix):
+            raise InputError(f"speaker id {speaker_id!r} does not end in {suffix!r} although its speed is {speed:g}")
+        name = name[: -len(suffix)]
+    return name
+
+
+_PSEUDO_ID = re.compile(r"^(?P<speaker>.+?)(?:-sp(?P<speed>\d+(?:\.\d+)?))?(?:-aug(?P<copy>\d+))?$")
+
+
+def split_pseudo_speaker_id(speaker_id: str) -> tuple[str, float, int]:
+    """(speaker, speed, copy) read from an id's name alone: a guess, for records
+    that do not say (a real speaker named like a pseudo-speaker is misread), so
+    only for version-1 config.json files.
+
+    >>> split_pseudo_speaker_id('p225-sp0.9-aug2'), split_pseudo_speaker_id('p225')
+    (('p225', 0.9, 2), ('p225', 1.0, 0))
+    """
+    match = _PSEUDO_ID.match(speaker_id)
+    if not match:
+        return speaker_id, 1.0, 0
+    return match["speaker"], float(match["speed"] or 1.0), int(match["copy"] or 0)
+
+
+SEED_CACHE_SUFFIX = "_cache"  # the 2018 code named a cached file <source file stem>_cache.pkl
+
+
+def seed_cache_ids(filename: str, cache_file: str) -> tuple[str, str]:
+    """(speaker_id, utterance_id) of a record of the 2018 code's audio cache: the
+    speaker is the source file's parent folder (its `extract_speaker_id`), the
+    utterance the cache file's name less ``_cache.pkl``.
+
+    >>> seed_cache_ids('/data/VCTK-Corpus/wav48/p225/p225_001.wav', 'p225_001_cache.pkl')
+    ('p225', 'p225_001')
+    >>> seed_cache_ids('C:\\vctk\\p226\\p226_002.wav', 'p226_002_cache.pkl')
+    ('p226', 'p226_002')
+    """
+    parts = [part for part in re.split(r"[\\/]", filename) if part]
+    if len(parts) < 2:
+        raise InputError(f"{cache_file}: filename {filename!r} names no speaker folder")
+    stem = cache_file[: -len(".pkl")] if cache_file.endswith(".pkl") else cache_file
+    stem = stem[: -len(SEED_CACHE_SUFFIX)] if stem.endswith(SEED_CACHE_SUFFIX) else stem
+    return parts[-2], stem
 
 
 def is_vctk_speaker(speaker_id: str) -> bool:
@@ -93,6 +196,8 @@ def discover_utterances(audio_dirs, mic: int = 1) -> list[Utterance]:
     found: list[Utterance] = []
     for audio_dir in audio_dirs:
         root = Path(audio_dir).expanduser().resolve()
+        if root.is_file():
+            raise InputError(f"{audio_dir}: is a file, not an audio folder")
         if not root.is_dir():
             raise FileNotFoundError(f"{audio_dir}: audio folder not found")
         for path in _files_under(root):
@@ -142,10 +247,10 @@ def parse_shard(text: str) -> tuple[int, int]:
     """
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
     if not match:
-        raise ValueError(f"--shard {text!r}: expected I/N, e.g. 0/4")
+        raise InputError(f"--shard {text!r}: expected I/N, e.g. 0/4")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or index >= count:
-        raise ValueError(f"--shard {text!r}: need 0 <= I < N")
+        raise InputError(f"--shard {text!r}: need 0 <= I < N")
     return index, count
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
 from deep_speaker.config import Config
+from deep_speaker.errors import InputError
 from deep_speaker.features import utterance_features
 from deep_speaker.metrics import cosine_distance
 
@@ -38,7 +39,7 @@ def min_scoring_speech_ms(config: Config) -> float:
     return float(max(config.min_voice_ms, frames_ms))
 
 
-class ScoringError(ValueError):
+class ScoringError(InputError):
     """A scoring request that cannot be served; the message says why and what to do."""
 
 
@@ -58,6 +59,9 @@ def resolve_model(checkpoint: str | Path | None = None, checkpoint_dir: str | Pa
     tried = []
     if checkpoint is not None:
         path = Path(checkpoint)
+        if path.is_dir():
+            raise ScoringError(f"{path}: is a directory, not a checkpoint file (pass its best.keras, or the folder "
+                               f"above its stages as --checkpoint_dir)")
         if not path.is_file():
             raise ScoringError(f"{path}: checkpoint not found")
         return ResolvedModel(path, _config_beside(path), "--checkpoint")
@@ -164,9 +168,15 @@ class CachedSpeaker:
     cache_files: list[Path]
 
 
-def cached_speakers(cache_dir: str | Path, names: list[str]) -> list[CachedSpeaker]:
+def cached_speakers(cache_dir: str | Path, names: list[str], config: Config | None = None) -> list[CachedSpeaker]:
     """The cached utterances of each named speaker; unknown names are an error
-    that lists what the cache holds."""
+    that lists what the cache holds. With the model's `config`, a cache made with
+    other audio settings (rate, trim rule) is refused (SettingsMismatchError):
+    its utterances were cut otherwise than the model's training data."""
+    if config is not None:
+        from deep_speaker.audio_cache import check_audio_settings
+
+        check_audio_settings(cache_dir, config, "the model")
     by_speaker = speakers_in_cache(read_cache_index(cache_dir))
     unknown = [n for n in names if n not in by_speaker]
     if unknown:
@@ -242,11 +252,11 @@ def compare_speakers(embedder: Embedder, cache_dir, first: str, second: str, max
     started = time.monotonic()
     config = embedder.config
     if first == second:
-        (speaker,) = cached_speakers(cache_dir, [first])
+        (speaker,) = cached_speakers(cache_dir, [first], config)
         halves = _split_halves(cached_features(speaker, config, max_utterances, seed), seed)
         groups, kind = halves, "SAP"
     else:
-        speakers = cached_speakers(cache_dir, [first, second])
+        speakers = cached_speakers(cache_dir, [first, second], config)
         groups = [cached_features(s, config, max_utterances, seed) for s in speakers]
         kind = "SAN"
     u, v = (speaker_embedding(embedder.embed_features(g)) for g in groups)
@@ -289,5 +299,5 @@ def embed_many_files(embedder: Embedder, paths: list[str], progress: bool = True
 
 def embed_cached_speaker(embedder: Embedder, cache_dir, name: str, max_utterances: int = 50,
                          seed: int = 1234) -> np.ndarray:
-    (speaker,) = cached_speakers(cache_dir, [name])
+    (speaker,) = cached_speakers(cache_dir, [name], embedder.config)
     return speaker_embedding(embedder.embed_features(cached_features(speaker, embedder.config, max_utterances, seed)))

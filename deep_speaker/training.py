@@ -32,7 +32,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from deep_speaker.config import Config
+from deep_speaker.config import CONFIG_VERSION, DATA_FIELDS, FEATURE_FIELDS, Config
+from deep_speaker.errors import InputError
 from deep_speaker.inputs import (UtteranceBank, evaluation_windows, make_bank, softmax_dataset, triplet_dataset,
                                  window_sampler)
 from deep_speaker.io_utils import atomic_save_npz, atomic_write_text
@@ -40,7 +41,8 @@ from deep_speaker.metrics import all_pairs_trials, equal_error_rate, score_trial
 from deep_speaker.model import (am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
                                 load_checkpoint, speaker_logits, triplet_loss)
 from deep_speaker.progress import progress_bar
-from deep_speaker.training_inputs import load_inputs, merge_augmented_copies, merge_perturbed_speakers
+from deep_speaker.training_inputs import (inputs_data_settings, load_inputs, merge_augmented_copies,
+                                          merge_perturbed_speakers)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ DEFAULT_LOG_EVERY = 20  # steps between reads of the device-side loss for the pr
 ARCHITECTURE_FIELDS = ("model_name", "width", "embedding_dim", "num_fbanks", "clipped_relu_max")
 
 
-class TrainingError(ValueError):
+class TrainingError(InputError):
     """A stage that cannot start (missing inputs, missing earlier stage, ...)."""
 
 
@@ -150,13 +152,86 @@ def _check_architecture(config: Config, saved: Config, source: Path) -> None:
                             f"use the same flags, or --restart")
 
 
-def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) -> None:
-    for speaker, data in inputs.items():
+def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) -> Config:
+    """Check that every speaker's inputs were made with the features `config`
+    trains on, and all with the same data settings; returns `config` with those
+    data settings (trim rule, split, speed factors, copies: what preprocess.py
+    decided, `Config.DATA_FIELDS`), which the checkpoint's config.json records and
+    scoring applies. Inputs written before they recorded their settings get the
+    cache's audio settings and the speed factors and copies they hold."""
+    expected = config.feature_settings()
+    for speaker, data in sorted(inputs.items()):
         settings = data.get("feature_settings")
-        if settings is not None and settings != config.feature_settings():
+        if settings is not None and settings != expected:
             raise TrainingError(f"{cache_dir}/inputs/{speaker}.pkl: features made with {settings}, "
-                                f"training expects {config.feature_settings()}; regenerate the inputs")
-        return
+                                f"training expects {expected}; regenerate the inputs")
+    recorded = inputs_data_settings(inputs)
+    if recorded is None:
+        from deep_speaker.audio_cache import read_audio_settings
+
+        audio, known = read_audio_settings(cache_dir)
+        if not known:
+            log.warning("%s/inputs record no data settings and the cache none either: the checkpoint's config.json "
+                        "assumes %s", cache_dir, ", ".join(f"{k}={v!r}" for k, v in audio.items()))
+        speeds = sorted({float(data.get("speed", 1.0)) for data in inputs.values()} - {1.0})
+        copies = max((int(data.get("augmented_copy", 0)) for data in inputs.values()), default=0)
+        recorded = {**audio, "speed_perturbations": speeds, "augment_copies": copies}
+    different = [f"{k}: {v!r} in the inputs, {getattr(config, k)!r} for training" for k, v in recorded.items()
+                 if k in expected and v != expected[k]]
+    if different:
+        raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
+                            f"regenerate the inputs")
+    return config.override(**recorded)
+
+
+EARLIER_STAGE = {"triplet": "softmax", "softmax_frozen": "triplet"}  # the stage each one starts from
+
+
+def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, checkpoint_dir: Path,
+                     saved: Config | None, where: Path) -> Config:
+    """The config.json of a stage: every setting it trains with, the data
+    settings of the inputs (``inputs/settings.json``, which stage 2 writes after
+    every pickle; inputs older than it keep what `_check_features` found), the
+    strategy, and the settings of the stages it started from. A resumed stage
+    must have the data settings it was started with."""
+    from deep_speaker.training_inputs import read_inputs_settings
+
+    recorded = read_inputs_settings(cache_dir)
+    if recorded is not None:
+        data = {k: recorded[k] for k in DATA_FIELDS}
+        different = [f"{k}: {data[k]!r} in the inputs, {getattr(config, k)!r} for training"
+                     for k in FEATURE_FIELDS if data[k] != getattr(config, k)]
+        if different:
+            raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
+                                f"regenerate the inputs")
+        config = config.override(**data)
+    if saved is not None and saved.config_version >= 2:
+        if saved.data_settings() != config.data_settings():
+            different = [f"{k}: {v!r} there vs {config.data_settings()[k]!r} now"
+                         for k, v in saved.data_settings().items() if v != config.data_settings()[k]]
+            raise TrainingError(f"{where}: stage was trained on inputs made with other settings "
+                                f"({'; '.join(different)}); use the same cache, or --restart")
+        earlier = saved.earlier_stages
+    else:
+        earlier = _earlier_stages(stage, config, checkpoint_dir)
+    return config.override(stage=stage, strategy=strategy_name, earlier_stages=earlier,
+                           config_version=CONFIG_VERSION)
+
+
+def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[dict]:
+    """Settings of the stages `stage` starts from, oldest first; refuses a
+    previous stage trained on data made with other settings."""
+    previous = EARLIER_STAGE.get(stage)
+    path = checkpoint_dir / previous / "config.json" if previous else None
+    if path is None or not path.is_file():
+        return []
+    before = Config.load(path)
+    if before.config_version >= 2 and before.data_settings() != config.data_settings():
+        different = [f"{k}: {v!r} there vs {config.data_settings()[k]!r} now"
+                     for k, v in before.data_settings().items() if v != config.data_settings()[k]]
+        raise TrainingError(f"{path}: the {previous} stage was trained on inputs made with other settings "
+                            f"({'; '.join(different)}); train every stage on the same cache")
+    return list(before.earlier_stages) + [{**before.stage_settings(), "stage": before.stage or previous}]
 
 
 def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_dir: str | Path, *,
@@ -209,7 +284,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
         config, speakers, train_bank, test_bank, bank_for_share = _store_banks(cache_dir, config, store_shard_mb)
     else:
         inputs = load_inputs(cache_dir)
-        _check_features(inputs, config, cache_dir)
+        config = _check_features(inputs, config, cache_dir)
         inputs = merge_augmented_copies(inputs)
         if config.perturbed_speakers == "augment":
             inputs = merge_perturbed_speakers(inputs)
@@ -245,6 +320,8 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
         keras.mixed_precision.set_global_policy("mixed_float16")
     if state is not None:
         _restore_optimizer(optimizer, folder.last_optimizer)
+    config = _recorded_config(stage, config, strategy_name, cache_dir, checkpoint_dir,
+                              saved if state is not None else None, folder.config)
     config.save(folder.config)
 
     trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank,
@@ -289,7 +366,7 @@ def _store_banks(cache_dir: Path, config: Config, store_shard_mb: float | None):
     try:
         store = FeatureStore(cache_dir)
         store.check_settings(config)
-        _check_features(store.stand_ins(), config, cache_dir)
+        config = _check_features(store.stand_ins(), config, cache_dir)
         speakers, _ = store.classes(config.perturbed_speakers)
         if len(speakers) < 2:
             return config, speakers, None, None, None

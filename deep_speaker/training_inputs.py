@@ -17,9 +17,9 @@ written after its pickle, so a run killed in between just redoes that file.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickle
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -29,9 +29,12 @@ import numpy as np
 
 from deep_speaker.audio import change_speed
 from deep_speaker.augmentation import AUGMENTATION_VERSION, augment_utterance, utterance_rng
-from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
-from deep_speaker.config import Config
-from deep_speaker.corpus import default_unseen_speakers
+from deep_speaker.audio_cache import (audio_cache_dir, load_cached_utterance, read_audio_settings, read_cache_index,
+                                      speakers_in_cache)
+from deep_speaker.config import CONFIG_VERSION, DATA_FIELDS, Config
+from deep_speaker.errors import InputError, SettingsMismatchError
+from deep_speaker.corpus import (augmented_speaker_id, default_unseen_speakers, perturbed_speaker_id,  # noqa: F401
+                                 pseudo_speaker_id, split_pseudo_speaker_id, strip_pseudo_suffix)
 from deep_speaker.features import compute_fbank, normalize_utterance
 from deep_speaker.io_utils import atomic_write, atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
 from deep_speaker.locking import cache_lock
@@ -41,9 +44,11 @@ from deep_speaker.progress import progress_bar
 log = logging.getLogger(__name__)
 
 INPUTS_DIR = "inputs"
+SETTINGS_FILE = "settings.json"  # inputs/settings.json: the data settings of the whole set, and its pseudo-speakers
 FULL_INPUTS = "full_inputs.pkl"
 FAILURES = "inputs_failures.tsv"
 SIGNATURE_SUFFIX = ".sig"  # <inputs pickle>.sig: the signature it was made from
+MS_PER_HOUR = 3_600_000.0
 
 
 class InputsWriteError(OSError):
@@ -59,9 +64,10 @@ class InputsSummary:
     unseen: list[str] = field(default_factory=list)
     frames: int = 0
     wall_seconds: float = 0.0
+    frame_shift_ms: float = Config.frame_shift_ms  # what one frame of `frames` stands for
 
     def line(self) -> str:
-        hours = self.frames / 360000  # 100 frames per second
+        hours = self.frames * self.frame_shift_ms / MS_PER_HOUR
         return (f"training inputs: {self.written} speakers written, {self.skipped} up to date, "
                 f"{len(self.failed)} failed, {len(self.unseen)} left out as unseen "
                 f"({','.join(self.unseen) or '-'}), {hours:.2f} h of voiced audio, {self.wall_seconds:.1f} s wall")
@@ -83,48 +89,24 @@ def split_utterances(utterance_ids: list[str], speaker_id: str, config: Config) 
     return sorted(order[num_test:].tolist()), sorted(order[:num_test].tolist())
 
 
-def perturbed_speaker_id(speaker_id: str, factor: float) -> str:
-    """Id of a speed-perturbed pseudo-speaker; factor 1 is the speaker itself.
+def pseudo_speaker_origin(speaker_id: str, inputs: dict) -> tuple[str, float, int]:
+    """(source speaker, speed, augmented copy) of one speaker's inputs, from what
+    stage 2 recorded in them rather than from the id's spelling: a real speaker
+    folder named ``Ann-aug2`` is speed 1, copy 0, so it stays a speaker of its own.
+    Inputs written before the source speaker was recorded lose exactly the
+    suffixes their recorded speed and copy put on (`corpus.strip_pseudo_suffix`).
 
-    >>> perturbed_speaker_id('p225', 0.9), perturbed_speaker_id('p225', 1.0)
-    ('p225-sp0.9', 'p225')
+    >>> pseudo_speaker_origin('Ann-aug2', {'speed': 1.0, 'augmented_copy': 0})
+    ('Ann-aug2', 1.0, 0)
+    >>> pseudo_speaker_origin('Ann-sp0.9-aug1', {'speed': 0.9, 'augmented_copy': 1, 'source_speaker_id': 'Ann'})
+    ('Ann', 0.9, 1)
     """
-    return speaker_id if factor == 1.0 else f"{speaker_id}-sp{factor:g}"
-
-
-_PERTURBED_ID = re.compile(r"^(?P<speaker>.+)-sp\d+(?:\.\d+)?$")  # as perturbed_speaker_id writes it
-
-
-def unperturbed_speaker_id(speaker_id: str) -> str:
-    """The speaker a pseudo-speaker was made from (itself when not perturbed).
-
-    >>> unperturbed_speaker_id('p225-sp0.9'), unperturbed_speaker_id('p225'), unperturbed_speaker_id('a-sp')
-    ('p225', 'p225', 'a-sp')
-    """
-    match = _PERTURBED_ID.match(speaker_id)
-    return match["speaker"] if match else speaker_id
-
-
-def augmented_speaker_id(speaker_id: str, copy: int) -> str:
-    """Id of the augmented copy `copy` of a (pseudo-)speaker; copy 0 is the speaker itself.
-
-    >>> augmented_speaker_id('p225-sp0.9', 2), augmented_speaker_id('p225', 0)
-    ('p225-sp0.9-aug2', 'p225')
-    """
-    return f"{speaker_id}-aug{copy}" if copy else speaker_id
-
-
-_AUGMENTED_ID = re.compile(r"^(?P<speaker>.+)-aug\d+$")  # as augmented_speaker_id writes it
-
-
-def unaugmented_speaker_id(speaker_id: str) -> str:
-    """The (pseudo-)speaker an augmented copy was made from (itself when not a copy).
-
-    >>> unaugmented_speaker_id('p225-sp0.9-aug2'), unaugmented_speaker_id('p225')
-    ('p225-sp0.9', 'p225')
-    """
-    match = _AUGMENTED_ID.match(speaker_id)
-    return match["speaker"] if match else speaker_id
+    speed = float(inputs.get("speed", 1.0))
+    copy = int(inputs.get("augmented_copy", 0))
+    source = inputs.get("source_speaker_id")
+    if not isinstance(source, str):
+        source = strip_pseudo_suffix(speaker_id, speed, copy)
+    return source, speed, copy
 
 
 def merge_augmented_copies(inputs: dict[str, dict]) -> dict[str, dict]:
@@ -134,7 +116,11 @@ def merge_augmented_copies(inputs: dict[str, dict]) -> dict[str, dict]:
     Copies carry no test part (stage 2 writes none); a copy whose speaker is
     not in `inputs` is dropped.
     """
-    return _merge_training_data(inputs, unaugmented_speaker_id)
+    def base(speaker_id: str, data: dict) -> str:
+        source, speed, _ = pseudo_speaker_origin(speaker_id, data)
+        return perturbed_speaker_id(source, speed)
+
+    return _merge_training_data(inputs, base)
 
 
 def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
@@ -146,17 +132,18 @@ def merge_perturbed_speakers(inputs: dict[str, dict]) -> dict[str, dict]:
     rather than leak into training or duplicate the test set. A pseudo-speaker
     whose speaker is not in `inputs` (held out, or filtered) is dropped too.
     """
-    return _merge_training_data(inputs, unperturbed_speaker_id)
+    return _merge_training_data(inputs, lambda speaker_id, data: pseudo_speaker_origin(speaker_id, data)[0])
 
 
 def _merge_training_data(inputs: dict[str, dict], base_speaker_id) -> dict[str, dict]:
     """Inputs of the speakers that are their own base, each with the training
     utterances of the pseudo-speakers made from it appended (in sorted id order);
     the caller's lists are left as they were."""
+    bases = {speaker: base_speaker_id(speaker, data) for speaker, data in inputs.items()}
     merged = {speaker: {**data, "train": list(data["train"])} for speaker, data in inputs.items()
-              if base_speaker_id(speaker) == speaker}
+              if bases[speaker] == speaker}
     for speaker, data in sorted(inputs.items()):
-        base = base_speaker_id(speaker)
+        base = bases[speaker]
         if base != speaker and base in merged:
             merged[base]["train"].extend(data["train"])
     return merged
@@ -165,14 +152,15 @@ def _merge_training_data(inputs: dict[str, dict], base_speaker_id) -> dict[str, 
 def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, speed: float = 1.0,
                    copy: int = 0) -> dict:
     """The inputs dict of one speaker from its cached utterances (at `speed`,
-    as the pseudo-speaker `perturbed_speaker_id(speaker_id, speed)`; with
-    copy > 0, its augmented copy `augmented_speaker_id(..., copy)`: degraded
+    as the pseudo-speaker `corpus.perturbed_speaker_id(speaker_id, speed)`; with
+    copy > 0, its augmented copy `corpus.augmented_speaker_id(..., copy)`: degraded
     training utterances (`deep_speaker.augmentation`) and no test part)."""
     voices, utterance_ids = [], []
     for path in cache_files:
         record = load_cached_utterance(path)
         if record["sample_rate"] != config.sample_rate_hz:
-            raise ValueError(f"{path}: cached at {record['sample_rate']} Hz, config wants {config.sample_rate_hz} Hz")
+            raise SettingsMismatchError(f"{path}: cached at {record['sample_rate']} Hz, "
+                                        f"config wants {config.sample_rate_hz} Hz")
         voices.append(record["audio_voice_only"])
         utterance_ids.append(record["utterance_id"])
 
@@ -201,7 +189,8 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
         train_ids, test_ids = [utterance_ids[i] for i in train_idx], [utterance_ids[i] for i in test_idx]
     stacked = np.concatenate(train_raw, axis=0)
     return {
-        "speaker_id": augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy),
+        "speaker_id": pseudo_speaker_id(speaker_id, speed, copy),
+        "source_speaker_id": speaker_id,  # the real speaker: ids are never parsed back (corpus.py)
         "speed": speed,
         "augmented_copy": copy,
         "train": [normalize_utterance(f) for f in train_raw],
@@ -211,20 +200,56 @@ def speaker_inputs(speaker_id: str, cache_files: list[Path], config: Config, spe
         "mean_train": stacked.mean(axis=0).astype(np.float32),
         "std_train": stacked.std(axis=0).astype(np.float32),
         "feature_settings": config.feature_settings(),
+        # What preprocess.py decided about this speaker's data (the audio settings come
+        # from the cache's record): training copies it into the checkpoint's config.json.
+        # The speed factors and copies are what the set of inputs holds, so they are
+        # read from all speakers' speed/augmented_copy instead (`inputs_data_settings`).
+        "data_settings": speaker_data_settings(config),
     }
 
 
-def _variant_id(speaker_id: str, speed: float, copy: int) -> str:
-    return augmented_speaker_id(perturbed_speaker_id(speaker_id, speed), copy)
+_variant_id = pseudo_speaker_id
+
+
+def speaker_data_settings(config: Config) -> dict:
+    """The data settings one speaker's inputs depend on: `Config.data_settings`
+    less the speed factors and copy count, which concern the whole set."""
+    return {k: v for k, v in config.data_settings().items() if k not in ("speed_perturbations", "augment_copies")}
+
+
+def inputs_data_settings(inputs: dict[str, dict]) -> dict | None:
+    """The data settings of a set of training inputs: what every speaker's
+    pickle records (they must agree; SettingsMismatchError names one that does
+    not), with the speed factors and copy count the set holds. None for inputs
+    written before pickles recorded their settings.
+
+    >>> one = {'data_settings': {'trim': 'energy'}, 'speed': 1.0, 'augmented_copy': 0}
+    >>> inputs_data_settings({'a': one, 'a-sp0.9-aug1': {**one, 'speed': 0.9, 'augmented_copy': 1}})
+    {'trim': 'energy', 'speed_perturbations': [0.9], 'augment_copies': 1}
+    """
+    recorded = {speaker: data.get("data_settings") for speaker, data in inputs.items()}
+    if not recorded or any(not isinstance(value, dict) for value in recorded.values()):
+        return None
+    (first, settings), *rest = sorted(recorded.items())
+    for speaker, other in rest:
+        if other != settings:
+            different = sorted(k for k in settings.keys() | other.keys() if settings.get(k) != other.get(k))
+            raise SettingsMismatchError(
+                f"inputs of {first} and {speaker} were made with different settings "
+                f"({', '.join(f'{k}: {settings.get(k)!r} vs {other.get(k)!r}' for k in different)}); "
+                f"regenerate the training inputs")
+    speeds = sorted({float(data.get("speed", 1.0)) for data in inputs.values()} - {1.0})
+    copies = max(int(data.get("augmented_copy", 0)) for data in inputs.values())
+    return {**settings, "speed_perturbations": speeds, "augment_copies": copies}
 
 
 def _signature(cache_files: list[Path], config: Config, speed: float, copy: int) -> str:
-    """Changes when the speaker's cached files or the feature settings change."""
+    """Changes when the speaker's cached files or its data settings change."""
     digest = hashlib.sha1()
     for path in cache_files:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    digest.update(repr(sorted(config.feature_settings().items())).encode())
+    digest.update(repr(sorted(speaker_data_settings(config).items())).encode())
     digest.update(f"{config.test_fraction}:{config.split_seed}:{speed}".encode())
     if copy:
         digest.update(f":aug{copy}:v{AUGMENTATION_VERSION}".encode())
@@ -307,12 +332,19 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
     by_speaker = speakers_in_cache(read_cache_index(cache_dir))
     if not by_speaker:
         raise FileNotFoundError(f"{audio_cache_dir(cache_dir)}: audio cache is empty")
+    # The audio settings are the cache's (stage 1 applied them), whatever `config` says.
+    audio_settings, recorded = read_audio_settings(cache_dir)
+    if not recorded:
+        log.warning("%s records no audio settings (made before they were recorded): the inputs record %s",
+                    audio_cache_dir(cache_dir), ", ".join(f"{k}={v!r}" for k, v in audio_settings.items()))
+    config = config.override(**audio_settings)
     if unseen_speakers is None:
         unseen_speakers = default_unseen_speakers(by_speaker)
     elif unknown := sorted(set(unseen_speakers) - by_speaker.keys()):
-        raise ValueError(f"unknown --unseen_speakers {','.join(unknown)}; the cache holds "
+        raise InputError(f"unknown --unseen_speakers {','.join(unknown)}; the cache holds "
                          f"{len(by_speaker)} speakers: {_preview(by_speaker)}")
-    summary = InputsSummary(unseen=sorted(set(unseen_speakers) & by_speaker.keys()))
+    summary = InputsSummary(unseen=sorted(set(unseen_speakers) & by_speaker.keys()),
+                            frame_shift_ms=config.frame_shift_ms)
     inputs_dir = cache_dir / INPUTS_DIR
     inputs_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(inputs_dir)  # what a killed run left; this run holds the cache alone
@@ -324,6 +356,7 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
     entries = [(s, speed, copy) for s in training_speakers for speed in speeds
                for copy in range(config.augment_copies + 1)]
     training = [_variant_id(*entry) for entry in entries]
+    _refuse_id_collisions(entries, training, by_speaker)
     removed = 0
     for stale in inputs_dir.glob("*.pkl"):  # a speaker now unseen must not train
         if stale.stem not in training:
@@ -358,7 +391,96 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
                               stamp=True)
     lines = ["speaker\treason"] + [f"{s}\t{r}" for s, r in summary.failed]
     atomic_write_text(cache_dir / FAILURES, "\n".join(lines) + "\n")
+    _write_inputs_settings(inputs_dir, config, entries, training, set(done), summary.unseen)
     return summary
+
+
+def _write_inputs_settings(inputs_dir: Path, config: Config, entries, ids, done: set, unseen) -> None:
+    """inputs/settings.json: the data settings every pickle records, the speed
+    factors and copy count the set holds, and which ids are pseudo-speakers of
+    whom, so readers never guess that from an id's spelling."""
+    pseudo = {speaker_id: {"speaker": speaker, "speed": speed, "copy": copy}
+              for (speaker, speed, copy), speaker_id in zip(entries, ids)
+              if speaker_id in done and (speed, copy) != (1.0, 0)}
+    record = {**speaker_data_settings(config),
+              "speed_perturbations": sorted({float(f) for f in config.speed_perturbations} - {1.0}),
+              "augment_copies": config.augment_copies, "augmentation_version": AUGMENTATION_VERSION,
+              "config_version": CONFIG_VERSION, "unseen_speakers": list(unseen), "pseudo_speakers": pseudo}
+    atomic_write_text(inputs_dir / SETTINGS_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_inputs_settings(cache_dir: str | Path) -> dict | None:
+    """inputs/settings.json of a cache, or None when stage 2 ran before it was
+    written; an unreadable one is an InputError naming it."""
+    path = Path(cache_dir) / INPUTS_DIR / SETTINGS_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or not isinstance(record.get("pseudo_speakers"), dict):
+            raise ValueError("not an object with pseudo_speakers")
+        Config().override(**{k: record[k] for k in DATA_FIELDS}).validate()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path}: not a readable inputs settings file ({type(error).__name__}: {error}); "
+                         f"regenerate the training inputs") from None
+    return record
+
+
+def pseudo_speaker_origins(cache_dir: str | Path) -> dict[str, tuple[str, float, int]] | None:
+    """{pseudo-speaker id: (source speaker, speed, copy)} as stage 2 recorded them
+    (real speakers are not in it), or None for inputs made before the record."""
+    record = read_inputs_settings(cache_dir)
+    if record is None:
+        return None
+    return {name: (str(o["speaker"]), float(o["speed"]), int(o["copy"])) for name, o in record["pseudo_speakers"].items()}
+
+
+def unaugmented_speaker_id(speaker_id: str, origins: dict | None = None) -> str:
+    """The (pseudo-)speaker an augmented copy was made from (itself when not a
+    copy), by `origins` (`pseudo_speaker_origins`); without a record, read from
+    the id's spelling (`corpus.split_pseudo_speaker_id`: a guess).
+
+    >>> unaugmented_speaker_id('Ann-aug2', {}), unaugmented_speaker_id('Ann-sp0.9-aug1', {'Ann-sp0.9-aug1': ('Ann', 0.9, 1)})
+    ('Ann-aug2', 'Ann-sp0.9')
+    """
+    source, speed, _ = _origin(speaker_id, origins)
+    return perturbed_speaker_id(source, speed)
+
+
+def unperturbed_speaker_id(speaker_id: str, origins: dict | None = None) -> str:
+    """The real speaker a pseudo-speaker was made from (itself when real); see
+    `unaugmented_speaker_id` for `origins`.
+
+    >>> unperturbed_speaker_id('Ann-sp1.1', {'Ann-sp1.1': ('Ann', 1.1, 0)}), unperturbed_speaker_id('Bo-sp1.1', {})
+    ('Ann', 'Bo-sp1.1')
+    """
+    return _origin(speaker_id, origins)[0]
+
+
+def _origin(speaker_id: str, origins: dict | None) -> tuple[str, float, int]:
+    if origins is None:
+        return split_pseudo_speaker_id(speaker_id)
+    return origins.get(speaker_id, (speaker_id, 1.0, 0))
+
+
+def _refuse_id_collisions(entries, ids: list[str], by_speaker) -> None:
+    """A pseudo-speaker id that is also a real speaker's (a folder named
+    ``Ann-aug2`` beside ``Ann`` with --augment_copies 2) would overwrite one's
+    inputs with the other's: refuse, naming both."""
+    seen: dict[str, tuple] = {}
+    for entry, speaker_id in zip(entries, ids):
+        if speaker_id in seen or (entry[1:] != (1.0, 0) and speaker_id in by_speaker):
+            other = seen.get(speaker_id, (speaker_id, 1.0, 0))
+            raise InputError(f"speaker id {speaker_id!r} would name both {_describe(other)} and {_describe(entry)}; "
+                             f"rename the speaker folder, or leave it out with --unseen_speakers")
+        seen[speaker_id] = entry
+
+
+def _describe(entry: tuple) -> str:
+    speaker, speed, copy = entry
+    if (speed, copy) == (1.0, 0):
+        return f"the real speaker {speaker!r}"
+    return f"{speaker!r} at speed {speed:g}" + (f", augmented copy {copy}" if copy else "")
 
 
 def _full_signature(speaker_files: list[Path]) -> str:
@@ -430,27 +552,27 @@ def load_full_inputs(cache_dir: str | Path) -> dict[str, dict]:
     path = Path(cache_dir) / FULL_INPUTS
     full = load_pickle(path)
     if not isinstance(full, dict) or not all(isinstance(k, str) and isinstance(v, dict) for k, v in full.items()):
-        raise ValueError(f"{path}: not a full_inputs file ({{speaker_id: inputs}} expected)")
+        raise InputError(f"{path}: not a full_inputs file ({{speaker_id: inputs}} expected)")
     return full
 
 
 def load_inputs_file(path: str | Path) -> dict:
     """One ``inputs/<speaker>.pkl`` through the restricted unpickler, checked: a
     dict with a string speaker_id and train/test lists of finite 2-D float
-    arrays. Raises ValueError naming the file (UnsafePickleError when refused)."""
+    arrays. Raises InputError, a ValueError, naming the file (UnsafePickleError when refused)."""
     inputs = load_pickle(path)
     if not isinstance(inputs, dict) or not isinstance(inputs.get("speaker_id"), str):
-        raise ValueError(f"{path}: not a training inputs file (no speaker_id)")
+        raise InputError(f"{path}: not a training inputs file (no speaker_id)")
     for part in ("train", "test"):
         frames = inputs.get(part)
         if not isinstance(frames, list):
-            raise ValueError(f"{path}: not a training inputs file ({part} is not a list)")
+            raise InputError(f"{path}: not a training inputs file ({part} is not a list)")
         for item in frames:
             if (not isinstance(item, np.ndarray) or item.ndim != 2 or item.dtype.kind != "f"
                     or not np.all(np.isfinite(item))):
-                raise ValueError(f"{path}: not a training inputs file ({part} holds something other than "
+                raise InputError(f"{path}: not a training inputs file ({part} holds something other than "
                                  f"finite 2-D float features)")
     settings = inputs.get("feature_settings")
     if settings is not None and not isinstance(settings, dict):
-        raise ValueError(f"{path}: not a training inputs file (feature_settings is not a dict)")
+        raise InputError(f"{path}: not a training inputs file (feature_settings is not a dict)")
     return inputs

@@ -238,16 +238,21 @@ def test_make_bank_keeps_labels_of_speakers_without_utterances():
         make_bank(synthetic_inputs({"a": [30]}), "test", ["a"])
 
 
-def _speaker(train, test):
-    return {"train": [np.full((3, 2), v, np.float32) for v in train],
-            "test": [np.full((3, 2), v, np.float32) for v in test]}
+def _speaker(train, test, source=None, speed=1.0, copy=0):
+    """An inputs dict as stage 2 writes it: frames, and whose pseudo-speaker it is."""
+    data = {"train": [np.full((3, 2), v, np.float32) for v in train],
+            "test": [np.full((3, 2), v, np.float32) for v in test], "speed": speed, "augmented_copy": copy}
+    if source is not None:
+        data["source_speaker_id"] = source
+    return data
 
 
 def test_augment_mode_merges_perturbed_copies_into_their_speakers_training_data():
     from deep_speaker.training_inputs import merge_perturbed_speakers
 
-    inputs = {"a": _speaker([1], [2]), "a-sp0.9": _speaker([3], [4]), "a-sp1.1": _speaker([5], [6]),
-              "b": _speaker([7], [8]), "held-sp0.9": _speaker([9], [10])}
+    inputs = {"a": _speaker([1], [2], "a"), "a-sp0.9": _speaker([3], [4], "a", 0.9),
+              "a-sp1.1": _speaker([5], [6], "a", 1.1), "b": _speaker([7], [8], "b"),
+              "held-sp0.9": _speaker([9], [10], "held", 0.9)}
     merged = merge_perturbed_speakers(inputs)
     assert sorted(merged) == ["a", "b"]  # the orphan copy of a held-out speaker is gone
     assert [u[0, 0] for u in merged["a"]["train"]] == [1, 3, 5]
@@ -259,14 +264,32 @@ def test_augment_mode_merges_perturbed_copies_into_their_speakers_training_data(
 def test_augmented_copies_always_join_their_own_speaker_or_pseudo_speaker():
     from deep_speaker.training_inputs import merge_augmented_copies
 
-    inputs = {"a": _speaker([1], [2]), "a-aug1": _speaker([3], []), "a-sp0.9": _speaker([4], [5]),
-              "a-sp0.9-aug1": _speaker([6], []), "held-aug1": _speaker([7], [])}
+    inputs = {"a": _speaker([1], [2], "a"), "a-aug1": _speaker([3], [], "a", 1.0, 1),
+              "a-sp0.9": _speaker([4], [5], "a", 0.9), "a-sp0.9-aug1": _speaker([6], [], "a", 0.9, 1),
+              "held-aug1": _speaker([7], [], "held", 1.0, 1)}
     merged = merge_augmented_copies(inputs)
     assert sorted(merged) == ["a", "a-sp0.9"]
     assert [u[0, 0] for u in merged["a"]["train"]] == [1, 3]
     assert [u[0, 0] for u in merged["a-sp0.9"]["train"]] == [4, 6]
     assert [u[0, 0] for u in merged["a"]["test"]] == [2]
     assert len(inputs["a"]["train"]) == 1
+
+
+def test_a_real_speaker_named_like_a_pseudo_speaker_stays_a_speaker_of_its_own():
+    """A folder `Ann-aug2` (or `Bo-sp1.1`) beside `Ann` is a real speaker: merging goes
+    by what stage 2 recorded, never by the id's spelling, also for inputs written
+    before the source speaker was recorded (speed and copy only)."""
+    from deep_speaker.training_inputs import merge_augmented_copies, merge_perturbed_speakers
+
+    inputs = {"Ann": _speaker([1], [2], "Ann"), "Ann-aug2": _speaker([3], [4], "Ann-aug2"),
+              "Ann-aug2-aug1": _speaker([5], [], "Ann-aug2", 1.0, 1), "Ann-sp1.1": _speaker([6], [7]),
+              "Ann-sp1.1-x": _speaker([8], [9]), "Ann-aug1": _speaker([10], [], None, 1.0, 1)}
+    inputs["Ann-sp1.1"]["speed"] = 1.0  # a real speaker folder called Ann-sp1.1, legacy inputs
+    merged = merge_perturbed_speakers(merge_augmented_copies(inputs))
+    assert sorted(merged) == ["Ann", "Ann-aug2", "Ann-sp1.1", "Ann-sp1.1-x"]
+    assert [u[0, 0] for u in merged["Ann"]["train"]] == [1, 10]
+    assert [u[0, 0] for u in merged["Ann-aug2"]["train"]] == [3, 5] and len(merged["Ann-aug2"]["test"]) == 1
+    assert [u[0, 0] for u in merged["Ann-sp1.1"]["train"]] == [6]
 
 
 def test_perturbed_speakers_accepts_only_its_two_modes():

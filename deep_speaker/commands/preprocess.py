@@ -30,8 +30,10 @@ def build_parser():
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="cache only the I-th of N deterministic shards of the files (cluster job arrays)")
     p.add_argument("--mic", type=int, choices=(1, 2), default=1, help="VCTK 0.92 microphone")
-    p.add_argument("--trim", choices=("percentile", "energy"), default="percentile",
-                   help="silence trim: the seed's 95th-percentile rule, or frame energy like librosa")
+    p.add_argument("--trim", choices=("percentile", "energy"), default=None,
+                   help="silence trim of the audio cache: the seed's 95th-percentile rule, or frame energy like "
+                        "librosa (default: the rule the cache records, percentile for a new cache); recorded in "
+                        "the cache, and from there in the training inputs and the model's config.json")
     p.add_argument("--unseen_speakers", type=comma_list, default=None, metavar="A,B,...",
                    help="speakers left out of the training inputs (default: p363,p364,p374,p376 for VCTK, "
                         "none for other corpora)")
@@ -75,8 +77,8 @@ def _main(argv) -> int:
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
 
-    config = Config().override(trim=args.trim, speed_perturbations=args.speed_perturb,
-                               augment_copies=args.augment_copies)
+    config = Config().override(speed_perturbations=args.speed_perturb, augment_copies=args.augment_copies,
+                               **_trim_of(args))
     checked_config(config)
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
@@ -118,6 +120,27 @@ def _stages(args, config, workers, shard) -> None:
 
         print(pack_store(args.cache_output_dir, config, max_shard_mb=args.store_shard_mb or DEFAULT_SHARD_MB,
                          lock_timeout=args.lock_timeout).line())
+
+
+def _trim_of(args) -> dict:
+    """{'trim': ...}: the flag, else the rule a cache being updated records (so
+    --update_cache without --trim keeps an energy-trimmed cache energy-trimmed),
+    else nothing (the default). With --generate_training_inputs alone the inputs
+    always take the cache's settings, so a --trim that differs from them is refused."""
+    from deep_speaker.audio_cache import audio_cache_dir, read_audio_settings
+
+    cache_exists = audio_cache_dir(args.cache_output_dir).is_dir()
+    if args.trim is not None:
+        if cache_exists and not (args.regenerate_full_cache or args.update_cache):
+            recorded, known = read_audio_settings(args.cache_output_dir)
+            if known and recorded["trim"] != args.trim:
+                raise CommandError(f"--trim {args.trim}: the cache in {args.cache_output_dir} was trimmed with "
+                                   f"--trim {recorded['trim']}, and the training inputs take the cache's settings; "
+                                   f"rebuild the cache with --regenerate_full_cache --trim {args.trim}")
+        return {"trim": args.trim}
+    if cache_exists and not args.regenerate_full_cache:
+        return {"trim": read_audio_settings(args.cache_output_dir)[0]["trim"]}
+    return {}
 
 
 def _default_audio_dirs() -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,7 @@ class Enrolment:
                 embeddings = np.asarray(data["embeddings"], np.float32)
                 utterances = [int(n) for n in data["utterances"]]
                 meta = json.loads(str(data["meta"]))
-        except (OSError, KeyError, ValueError, TypeError, EOFError) as error:
+        except (OSError, KeyError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as error:
             raise EnrolmentError(f"{path}: not a deep-speaker enrolment ({type(error).__name__}: "
                                  f"{str(error).splitlines()[0] if str(error) else ''})") from None
         if (not isinstance(meta, dict) or meta.get("format") != _FORMAT or embeddings.ndim != 2

@@ -140,10 +140,11 @@ def _score(report: PipelineReport, plan: PipelinePlan, cache: Path, output_dir: 
     from deep_speaker.embeddings_io import write_embeddings
     from deep_speaker.evaluation import Trials, evaluate_trials
     from deep_speaker.metrics import all_pairs_trials
-    from deep_speaker.scoring import Embedder, compare_speakers, embed_cached_speaker, resolve_model
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.scoring import compare_speakers, embed_cached_speaker, resolve_model
 
     resolved = resolve_model(checkpoint, checkpoint_dir)
-    embedder = Embedder(resolved)
+    embedder = SpeakerEncoder(resolved.path)  # the API every scoring command is built on
     first, second = plan.unseen[:2]
     pairs = [(first, second), (first, first), (second, second)]
     if plan.extra_speaker:

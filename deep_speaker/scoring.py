@@ -274,29 +274,6 @@ def compare_files(embedder: Embedder, first, second, threshold: float | None = N
                       [str(first), str(second)], time.monotonic() - started, threshold)
 
 
-def embed_many_files(embedder: Embedder, paths: list[str], progress: bool = True
-                     ) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
-    """Embeddings of many files; undecodable ones are skipped and reported.
-
-    Returns (embeddings (n_ok, dim), ok paths in input order, [(path, reason)]).
-    """
-    from deep_speaker.progress import progress_bar
-
-    rows, ok, failed = [], [], []
-    with progress_bar(total=len(paths), desc="embeddings", unit="file", enabled=progress and len(paths) >= 20) as bar:
-        for path in paths:
-            try:
-                rows.append(embedder.embed_file(path))
-                ok.append(path)
-            except (AudioError, ScoringError, OSError) as error:
-                reason = str(error)
-                prefix = f"{path}: "
-                failed.append((path, reason[len(prefix):] if reason.startswith(prefix) else reason))
-            bar.update(1)
-    embeddings = np.stack(rows) if rows else np.zeros((0, embedder.embedding_dim), np.float32)
-    return embeddings, ok, failed
-
-
 def embed_cached_speaker(embedder: Embedder, cache_dir, name: str, max_utterances: int = 50,
                          seed: int = 1234) -> np.ndarray:
     (speaker,) = cached_speakers(cache_dir, [name], embedder.config)

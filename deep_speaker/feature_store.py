@@ -453,17 +453,42 @@ class StoreBank:
         utterances, rows = np.asarray(utterances, np.int64), np.asarray(rows, np.int64)
         low = rows.min(axis=1)
         span = rows.max(axis=1) - low + 1
-        buffer = np.empty((len(utterances), rows.shape[1], self.num_fbanks), STORE_DTYPE)
-        shards, starts = self.shard[utterances], self.offsets[utterances] + low
-        for i in range(len(utterances)):
-            fd, data_offset = self._file(int(shards[i]))
-            wanted = int(span[i]) * self.row_bytes
-            got = os.preadv(fd, [buffer[i, :span[i]]], data_offset + int(starts[i]) * self.row_bytes)
-            if got != wanted:
-                raise StoreError(f"{self.store.shards[int(shards[i])]}: shard shorter than its index says")
+        buffer = self._read_spans(utterances, low, span, rows.shape[1])
         if np.all(span == rows.shape[1]) and np.all(rows == low[:, None] + np.arange(rows.shape[1])):
             return buffer
         return np.take_along_axis(buffer, (rows - low[:, None])[:, :, None], axis=1)
+
+    def windows(self, utterances: np.ndarray, starts: np.ndarray, num_frames: int) -> np.ndarray:
+        """(n, num_frames, num_fbanks) float16: `num_frames` rows of each
+        utterance from its start, wrapping around (tiling) when it is shorter."""
+        utterances, starts = np.asarray(utterances, np.int64), np.asarray(starts, np.int64)
+        lengths = self.lengths[utterances]
+        short = lengths < num_frames
+        # A window of a long enough utterance is one contiguous read; a short
+        # utterance is read whole and tiled.
+        buffer = self._read_spans(utterances, np.where(short, 0, starts), np.minimum(lengths, num_frames), num_frames)
+        for i in np.flatnonzero(short):
+            rows = (starts[i] + np.arange(num_frames)) % lengths[i]
+            buffer[i] = buffer[i, rows]
+        return buffer
+
+    def _read_spans(self, utterances: np.ndarray, low: np.ndarray, span: np.ndarray, width: int) -> np.ndarray:
+        """(n, width, num_fbanks) float16 whose first span[i] rows are rows
+        low[i] .. low[i] + span[i] - 1 of utterance utterances[i]: one pread each."""
+        buffer = np.empty((len(utterances), width, self.num_fbanks), STORE_DTYPE)
+        shards = self.shard[utterances]
+        files = {int(shard): self._file(int(shard)) for shard in np.unique(shards)}
+        fds = [files[shard][0] for shard in shards.tolist()]
+        data_offsets = np.array([files[shard][1] for shard in shards.tolist()], np.int64)
+        positions = (data_offsets + (self.offsets[utterances] + low) * self.row_bytes).tolist()
+        sizes = (np.asarray(span, np.int64) * self.row_bytes).tolist()
+        view = memoryview(buffer).cast("B")
+        stride = width * self.row_bytes
+        preadv = os.preadv
+        for i, (fd, position, size) in enumerate(zip(fds, positions, sizes)):
+            if preadv(fd, [view[i * stride:i * stride + size]], position) != size:
+                raise StoreError(f"{self.store.shards[int(shards[i])]}: shard shorter than its index says")
+        return buffer
 
     def close(self) -> None:
         for fd, _ in self._files.values():

@@ -140,11 +140,9 @@ class StoreWindowSampler(WindowSampler):
 
     def _init_frames(self, bank) -> None:
         self.bank = bank
-        self.host_lengths = np.asarray(bank.lengths, np.int64)
 
     def _read(self, utterances: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        rows = (starts[:, None] + np.arange(self.num_frames)[None, :]) % self.host_lengths[utterances][:, None]
-        return self.bank.crops(utterances, rows)
+        return self.bank.windows(utterances, starts, self.num_frames)
 
     def windows_at(self, utterances, starts):
         windows = tf.numpy_function(self._read, [utterances, starts], tf.float16, stateful=False)

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import need_real_speech
 from deep_speaker.commands import preprocess, train_cli
 from deep_speaker.config import Config
 from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER, attach_head, build_embedding_model
@@ -54,7 +55,7 @@ def cache(tmp_path_factory) -> Path:
     for files in UTTERANCES.values():
         for relative in files:
             if not (LIBRISPEECH / relative).is_file():
-                pytest.skip(f"real speech not found: {LIBRISPEECH / relative}")
+                need_real_speech(f"real speech not found: {LIBRISPEECH / relative}")
     root = tmp_path_factory.mktemp("corpus")
     for files in UTTERANCES.values():
         for relative in files:
@@ -396,3 +397,58 @@ def test_multiworker_strategy_with_two_local_workers(cache, tmp_path):
     # Both workers applied the same updates and kept the same batch-norm statistics.
     assert_same_weights(chief / "last.keras", other / "last.keras")
     check_saved_model(chief / "last.keras")
+
+
+# --- input pipelines, mixed precision, determinism (issue 18) --------------------------------------
+
+def test_the_in_ram_pipeline_still_trains_and_matches_the_store(cache, tmp_path):
+    """--input_pipeline memory (every frame in RAM, float32) and the default
+    feature store (float16 on disk) draw the same windows from the same
+    initial model, so the loss of a first step agrees to float16 rounding.
+    (Later steps drift apart faster: Adam's first updates are nearly the signs
+    of the gradients, which tiny input differences can flip.)"""
+    short = [*SMALL, "--loss_on_softmax", "--steps_per_epoch", "1", "--epochs", "1"]
+    code, _, err = train(cache, tmp_path / "memory", *short, "--input_pipeline", "memory")
+    assert code == 0, err
+    code, out, err = train(cache, tmp_path / "store", *short)
+    assert code == 0, err
+    memory, store = (float(history(tmp_path / kind / "softmax")[0]["loss"]) for kind in ("memory", "store"))
+    assert abs(memory - store) < 2e-3 * memory, (memory, store)
+
+
+def test_mixed_precision_trains_on_cpu_and_saves_a_float32_model(cache, tmp_path):
+    code, out, err = train(cache, tmp_path, *SOFTMAX, "--mixed_precision", "--log_every", "4")
+    assert code == 0, err
+    assert keras.mixed_precision.global_policy().name == "float32"  # the process-wide policy is restored
+    losses = [float(r["loss"]) for r in history(tmp_path / "softmax")]
+    assert losses[-1] < 0.8 * losses[0], losses  # loss scaling keeps float16 gradients useful
+    model = check_saved_model(tmp_path / "softmax" / "last.keras")
+    assert {layer.dtype_policy.name for layer in model.layers} == {"float32"}  # scoring gets a float32 model
+
+
+DETERMINISTIC_SCRIPT = """
+import sys
+sys.path.insert(0, {root!r})
+from deep_speaker.commands import train_cli
+
+argv, folder = sys.argv[1:-1], sys.argv[-1]
+for run in ("first", "second"):
+    code = train_cli.main([*argv, "--deterministic", "--checkpoint_dir", f"{{folder}}/{{run}}"])
+    if code:
+        sys.exit(code)
+"""
+
+
+def test_deterministic_flag_gives_bit_identical_runs(cache, tmp_path):
+    """--deterministic turns on TensorFlow's op determinism (process-wide, so in
+    a process of its own, which trains twice from the same seed)."""
+    script = tmp_path / "deterministic.py"
+    script.write_text(DETERMINISTIC_SCRIPT.format(root=str(REPO_ROOT)))
+    argv = ["--loss_on_softmax", *SMALL, "--steps_per_epoch", "4", "--epochs", "1",
+            "--cache_output_dir", str(cache), str(tmp_path)]
+    process = subprocess.Popen([sys.executable, str(script), *argv], cwd=REPO_ROOT, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = finish(process, "two --deterministic runs")
+    assert out.count("softmax epoch 1/1") == 2
+    assert_same_weights(tmp_path / "first" / "softmax" / "last.keras", tmp_path / "second" / "softmax" / "last.keras")

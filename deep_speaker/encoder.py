@@ -326,12 +326,16 @@ class SpeakerEncoder:
                 pending.append((path, pool.submit(_prepare_file, path, self.config, require)))
                 if len(pending) >= ahead:
                     break
-            while pending:
-                path, future = pending.popleft()
-                following = next(upcoming, None)
-                if following is not None:
-                    pending.append((following, pool.submit(_prepare_file, following, self.config, require)))
-                yield path, future.result
+            try:
+                while pending:
+                    path, future = pending.popleft()
+                    following = next(upcoming, None)
+                    if following is not None:
+                        pending.append((following, pool.submit(_prepare_file, following, self.config, require)))
+                    yield path, future.result
+            finally:  # the caller stopped early (an error): do not prepare the rest
+                for _, future in pending:
+                    future.cancel()
 
     def _embed_prepared(self, path: str, features: np.ndarray | None, require: bool) -> np.ndarray:
         if features is None:  # a long recording: streamed segment by segment here

@@ -78,6 +78,7 @@ class Identification:
         return UNKNOWN if self.threshold is not None and best.similarity < self.threshold else best.speaker
 
     def to_dict(self) -> dict[str, Any]:
+        """As identify.py --json prints it."""
         return {"file": self.query, "speaker": self.speaker, "threshold": self.threshold,
                 "matches": [{"speaker": m.speaker, "similarity": round(m.similarity, 6)} for m in self.matches]}
 

@@ -445,7 +445,7 @@ def test_evaluate_malformed_trials_names_line(checkpoints, tmp_path, capsys):
 
 # --- every script answers --help ----------------------------------------------------------------
 
-SCRIPTS = ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate", "export_model", "download_vctk")
+SCRIPTS = ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate", "export_model", "download_vctk", "identify")
 
 
 def test_every_script_answers_help():

@@ -36,8 +36,9 @@ _NORM_EPS = 1e-12
 _SCORE_CHUNK_ELEMENTS = 1 << 22
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    """L2-normalise the rows of a (n, d) float64 matrix; zero rows stay zero."""
+def unit_rows(matrix: np.ndarray) -> np.ndarray:
+    """L2-normalise the rows of a (n, d) float64 matrix; zero rows stay zero (the
+    one row normalisation of metrics and plots)."""
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, _NORM_EPS)
 
@@ -72,7 +73,7 @@ def cosine_similarity_matrix(a, b) -> np.ndarray:
     b = _as_embedding_matrix(b, "b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"embedding dimensions differ: a has {a.shape[1]}, b has {b.shape[1]}")
-    similarity = _unit_rows(a) @ _unit_rows(b).T
+    similarity = unit_rows(a) @ unit_rows(b).T
     # Rounding can push |cos| a hair above 1; clip so 1 - cos is never negative.
     return np.clip(similarity, -1.0, 1.0)
 
@@ -281,7 +282,7 @@ def score_trials(embeddings, i_idx, j_idx) -> np.ndarray:
     >>> score_trials([[1.0, 0.0], [3.0, 4.0], [0.0, 2.0]], [0, 0, 1], [1, 2, 2])
     array([0.6, 0. , 0.8])
     """
-    unit = _unit_rows(_as_embedding_matrix(embeddings, "embeddings"))
+    unit = unit_rows(_as_embedding_matrix(embeddings, "embeddings"))
     i_idx = np.asarray(i_idx, dtype=np.int64)
     j_idx = np.asarray(j_idx, dtype=np.int64)
     if i_idx.shape != j_idx.shape or i_idx.ndim != 1:

@@ -9,8 +9,6 @@ Uses matplotlib (headless 'Agg' backend), numpy, scipy and scikit-learn only.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -24,7 +22,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
-from deep_speaker.metrics import cosine_similarity_matrix  # noqa: E402
+from deep_speaker.io_utils import atomic_write  # noqa: E402
+from deep_speaker.metrics import cosine_similarity_matrix, unit_rows  # noqa: E402
 
 __all__ = [
     "plot_det_curve",
@@ -50,24 +49,11 @@ _TSNE_MIN_POINTS = 30
 
 
 def _save_figure(fig, path) -> Path:
-    """Write `fig` as PNG to `path` atomically (temp file + os.replace) and close it.
-
-    Not io_utils.atomic_write: its mkstemp temp files are mode 0600, and plots are
-    meant to be shared, so the temp file is created with 0666 minus the umask.
-    The ".<name>.*.tmp" name matches io_utils.remove_stale_temp_files.
-    """
+    """Write `fig` as PNG to `path` with io_utils.atomic_write (temp file + rename,
+    the mode a new file gets, so plots stay shareable) and close it."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format="png", dpi=_DPI)
-            os.replace(tmp_path, path)
-        except BaseException:
-            tmp_path.unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=_DPI), durable=False)
     finally:
         plt.close(fig)
     return path
@@ -190,16 +176,12 @@ def _embedding_matrix(embeddings) -> np.ndarray:
     return matrix
 
 
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-
-
 def _unit_embeddings_by_speaker(embeddings, speaker_ids: Sequence) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Checked unit-length rows, the sorted distinct speakers, and each row's index into them."""
     matrix = _embedding_matrix(embeddings)
     ids = _speaker_names(speaker_ids, matrix.shape[0])
     speakers, speaker_index = np.unique(ids, return_inverse=True)
-    return _unit_rows(matrix), speakers, speaker_index
+    return unit_rows(matrix), speakers, speaker_index
 
 
 def plot_similarity_matrix(embeddings, speaker_ids: Sequence, path) -> Path:

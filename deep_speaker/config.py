@@ -224,6 +224,9 @@ class ConfigError(InputError):
     """A config (a config.json, or values given to Config) that cannot be used."""
 
 
+# Seed of which cached utterances a speaker is scored on when it has more than
+# --max_utterances, and of the SAP halves (comp_cos.py --seed); not a training setting.
+SCORING_SEED = 1234
 MAX_CONFIG_BYTES = 1 << 24  # a config.json of a million speakers is still far smaller
 # Inclusive bounds of the numeric fields: wide enough for any real setting,
 # narrow enough that a corrupt or hostile config.json cannot divide by zero,

@@ -16,7 +16,7 @@ import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
-from deep_speaker.config import Config
+from deep_speaker.config import SCORING_SEED, Config
 from deep_speaker.errors import InputError
 from deep_speaker.features import utterance_features
 from deep_speaker.metrics import cosine_distance
@@ -246,7 +246,7 @@ def _split_halves(features: list[np.ndarray], seed: int) -> tuple[list[np.ndarra
 
 
 def compare_speakers(embedder: Embedder, cache_dir, first: str, second: str, max_utterances: int = 50,
-                     seed: int = 1234) -> Comparison:
+                     seed: int = SCORING_SEED) -> Comparison:
     """SAN for two different speakers, SAP for the same one (two disjoint halves
     of its utterances, so the distance is honest rather than 0 by construction)."""
     started = time.monotonic()
@@ -275,6 +275,6 @@ def compare_files(embedder: Embedder, first, second, threshold: float | None = N
 
 
 def embed_cached_speaker(embedder: Embedder, cache_dir, name: str, max_utterances: int = 50,
-                         seed: int = 1234) -> np.ndarray:
+                         seed: int = SCORING_SEED) -> np.ndarray:
     (speaker,) = cached_speakers(cache_dir, [name], embedder.config)
     return speaker_embedding(embedder.embed_features(cached_features(speaker, embedder.config, max_utterances, seed)))

@@ -5,6 +5,7 @@ import json
 
 from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, add_model_arguments, comma_list, parser, positive_int,
                                           quick_exit_entry_point, run, setup_logging)
+from deep_speaker.config import SCORING_SEED
 
 
 def build_parser():
@@ -24,7 +25,7 @@ def build_parser():
     add_model_arguments(p)
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="at most this many utterances per speaker (seeded random choice)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of the utterance choice and the SAP split")
+    p.add_argument("--seed", type=int, default=SCORING_SEED, help="seed of the utterance choice and the SAP split")
     p.add_argument("--allow_no_speech", action="store_true",
                    help="with --files: score recordings in which no speech is detected instead of refusing them")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")

@@ -96,6 +96,7 @@ class Config:
     eval_frames: int = 300  # centre crop of each held-out utterance for per-epoch evaluation (frames)
     seed: int = 1234
     strategy: str = "default"  # tf.distribute strategy the stage ran under (train_cli.py --strategy)
+    mixed_precision: bool = False  # float16 compute, float32 variables (train_cli.py --mixed_precision)
 
     # bookkeeping filled by training, not a tunable
     speakers: list[str] = field(default_factory=list)

@@ -320,8 +320,8 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
         keras.mixed_precision.set_global_policy("mixed_float16")
     if state is not None:
         _restore_optimizer(optimizer, folder.last_optimizer)
-    config = _recorded_config(stage, config, strategy_name, cache_dir, checkpoint_dir,
-                              saved if state is not None else None, folder.config)
+    config = _recorded_config(stage, config.override(mixed_precision=mixed_precision), strategy_name, cache_dir,
+                              checkpoint_dir, saved if state is not None else None, folder.config)
     config.save(folder.config)
 
     trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank,

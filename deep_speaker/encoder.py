@@ -32,7 +32,8 @@ from deep_speaker.config import Config
 from deep_speaker.features import utterance_features
 from deep_speaker.identification import (Enrolment, EnrolmentError, Identification, enrolment_settings,
                                          model_identity)
-from deep_speaker.long_audio import LONG_RECORDING_S, is_long_recording, segments, stream_audio, waveform_segments
+from deep_speaker.long_audio import (LONG_RECORDING_S, SEGMENT_S, is_long_recording, segments, stream_audio,
+                                     waveform_segments)
 from deep_speaker.parallel import default_workers
 from deep_speaker.scoring import (MIN_SCORING_FRAMES, Embedder, ResolvedModel, ScoringError, min_scoring_speech_ms,
                                   resolve_model, speaker_embedding)
@@ -110,6 +111,7 @@ class SpeakerEncoder:
 
     @property
     def model_path(self) -> Path:
+        """The model file."""
         return self._embedder.resolved.path
 
     @property
@@ -373,7 +375,7 @@ class SpeakerEncoder:
             if count == 0:
                 raise AudioError(f"{name}: no samples in file")
             kind = NoSpeechError if all(isinstance(r, NoSpeechError) for r in reasons) else AudioError
-            raise kind(f"{name}: none of its {count} segments of {_segment_seconds()} s could be embedded "
+            raise kind(f"{name}: none of its {count} segments of {SEGMENT_S:g} s could be embedded "
                        f"(first: {reasons[0]})")
         norm = float(np.linalg.norm(total))
         if not math.isfinite(norm) or norm == 0.0:
@@ -438,12 +440,6 @@ def _mono(samples: np.ndarray) -> np.ndarray:
 def _without_prefix(message: str, path: str) -> str:
     prefix = f"{path}: "
     return message[len(prefix):] if message.startswith(prefix) else message
-
-
-def _segment_seconds() -> str:
-    from deep_speaker.long_audio import SEGMENT_S
-
-    return f"{SEGMENT_S:g}"
 
 
 def _executor(workers: int) -> Executor:

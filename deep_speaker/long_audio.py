@@ -68,7 +68,7 @@ def stream_audio(path: str | Path, target_rate_hz: int) -> Iterator[np.ndarray]:
         stream = None if rate == target_rate_hz else soxr.ResampleStream(rate, target_rate_hz, 1, dtype="float32",
                                                                            quality="HQ")
         block_frames = max(1, int(_BLOCK_S * rate))
-        for block in handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+        for block in _decoded_blocks(handle, block_frames):
             mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
             if not np.all(np.isfinite(mono)):
                 raise AudioError("audio holds NaN or infinite samples")
@@ -79,6 +79,21 @@ def stream_audio(path: str | Path, target_rate_hz: int) -> Iterator[np.ndarray]:
             tail = stream.resample_chunk(np.zeros(0, np.float32), last=True)
             if len(tail):
                 yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+def _decoded_blocks(handle: soundfile.SoundFile, block_frames: int) -> Iterator[np.ndarray]:
+    """(frames, channels) float32 blocks; a stream damaged part-way is an AudioError."""
+    blocks = handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+    while True:
+        try:
+            block = next(blocks)
+        except StopIteration:
+            return
+        except (soundfile.LibsndfileError, RuntimeError, ValueError) as error:
+            raise AudioError(f"not decodable audio after {handle.tell() / handle.samplerate:.1f} s "
+                             f"({str(error).strip().splitlines()[0] if str(error).strip() else 'damaged stream'})"
+                             ) from None
+        yield block
 
 
 def segments(blocks: Iterable[np.ndarray], sample_rate_hz: int, segment_s: float = SEGMENT_S,

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import soundfile
 
-from deep_speaker import encoder as encoder_module
 from deep_speaker.audio import AudioError
 from deep_speaker.encoder import FileEmbeddings, NoSpeechError, SpeakerEncoder
 from deep_speaker.scoring import Embedder, ScoringError, resolve_model, speaker_embedding

@@ -139,3 +139,15 @@ def test_long_noise_is_reported_as_no_speech(tiny_encoder, tmp_path):
                                             r"\(first: no speech detected"):
         tiny_encoder.embed_file(path)
     assert tiny_encoder.embed_file(path, require_speech=False).shape == (tiny_encoder.embedding_dim,)
+
+
+def test_a_long_file_damaged_part_way_is_a_clear_error(tiny_encoder, tmp_path):
+    from deep_speaker.audio import AudioError
+
+    whole = tmp_path / "whole.flac"
+    write_speechlike(whole, 1.5)
+    cut = tmp_path / "cut.flac"
+    data = whole.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=rf"^{cut}: not decodable audio after \d+\.\d s"):
+        tiny_encoder.embed_file(cut)

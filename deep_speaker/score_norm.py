@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_save_npz
 
 COHORT_FILE = "score_cohort.npz"  # beside the model's .keras file
 DEFAULT_TOP_K = 200  # cohort scores that describe one side (WeSpeaker's 300 for thousands of speakers)
 
 
-class CohortError(ValueError):
+class CohortError(InputError):
     """A cohort file that cannot be used with this model."""
 
 
@@ -138,18 +139,13 @@ def cohort_files(audio_dirs, exclude_speakers=(), per_speaker: int = 3, seed: in
     return chosen
 
 
-def build_cohort(embed_file, files: list[tuple[str, str]], top_k: int = DEFAULT_TOP_K) -> ScoreNormalizer:
+def build_cohort(encoder, files: list[tuple[str, str]], top_k: int = DEFAULT_TOP_K) -> ScoreNormalizer:
     """A normaliser whose cohort is each speaker's mean embedding of `files`
-    ((path, speaker) pairs); `embed_file(path)` gives a unit embedding or raises
-    ValueError for a file it cannot use, which is then left out."""
-    rows, speakers = [], []
-    for path, speaker in files:
-        try:
-            rows.append(embed_file(path))
-        except ValueError:  # too short, no speech, unreadable: the cohort does without it
-            continue
-        speakers.append(speaker)
-    if not rows:
+    ((path, speaker) pairs), embedded by `encoder` (a SpeakerEncoder); files it
+    cannot use (too short, no speech) are left out."""
+    speaker_of = dict(files)
+    embedded = encoder.embed_files([path for path, _ in files], skip=True, progress=True)
+    if not embedded.files:
         raise CohortError("no cohort file could be embedded")
-    means, names = speaker_means(np.stack(rows), speakers)
+    means, names = speaker_means(embedded.embeddings, [speaker_of[path] for path in embedded.files])
     return ScoreNormalizer(means, top_k, tuple(names))

@@ -1,7 +1,8 @@
 """export_model.py: write the embedding model as .keras + SavedModel."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import add_model_arguments, parser, run, setup_logging
+from deep_speaker.commands.common import (add_model_arguments, comma_list, parser, positive_int, run,
+                                          setup_logging)
 
 
 def build_parser():
@@ -9,6 +10,12 @@ def build_parser():
     p.add_argument("--output_dir", required=True, help="folder to write")
     add_model_arguments(p)
     p.add_argument("--no_saved_model", action="store_true", help="write only the .keras file and its config")
+    p.add_argument("--cohort_audio_dir", action="append", default=None, metavar="DIR",
+                   help="also write score_cohort.npz (AS-norm cohort: the mean embedding of each speaker of these "
+                        "folder-per-speaker trees, normally the training speakers), repeatable")
+    p.add_argument("--cohort_exclude", type=comma_list, default=[], metavar="A,B,...",
+                   help="speakers left out of the cohort (held-out evaluation speakers)")
+    p.add_argument("--cohort_per_speaker", type=positive_int, default=3, help="files embedded per cohort speaker")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -27,5 +34,21 @@ def _main(argv) -> int:
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)
     written = export_model(resolved, args.output_dir, saved_model=not args.no_saved_model)
+    if args.cohort_audio_dir:
+        written.append(_write_cohort(args, resolved))
     print("exported: " + ", ".join(map(str, written)))
     return 0
+
+
+def _write_cohort(args, resolved):
+    from pathlib import Path
+
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.score_norm import COHORT_FILE, build_cohort, cohort_files
+
+    files = cohort_files(args.cohort_audio_dir, args.cohort_exclude, args.cohort_per_speaker)
+    normalizer = build_cohort(SpeakerEncoder(Path(args.output_dir) / "embedding.keras"), files)
+    target = Path(args.output_dir) / COHORT_FILE
+    normalizer.save(target, Path(args.output_dir) / "embedding.keras")
+    print(f"score cohort: {len(normalizer.cohort)} speakers from {len(files)} files")
+    return target

@@ -370,9 +370,10 @@ class FeatureStore:
 
     def bank(self, part: str, perturbed_speakers: str = "classes", share: tuple[int, int] = (0, 1)) -> "StoreBank":
         """The `part` utterances as a bank with training labels. A share (I, N)
-        keeps the utterances of shards I, I + N, ... (a multi-worker input
-        pipeline's share; the whole store when there are fewer than N shards).
-        Utterances are ordered as `inputs.make_bank` orders the merged inputs."""
+        keeps the utterances in shards I, I + N, ... of the shards that hold
+        this part (a multi-worker input pipeline's share; the whole part when
+        fewer than N shards hold it). Utterances are ordered as
+        `inputs.make_bank` orders the merged inputs."""
         classes, members = self.classes(perturbed_speakers)
         index = self.index
         rank_of = np.full(len(self.speakers), -1, np.int64)  # where each store speaker's utterances go
@@ -384,13 +385,14 @@ class FeatureStore:
                 rank += 1
         keep = (index["part"] == PARTS.index(part)) & (rank_of[index["speaker"]] >= 0)
         worker, workers = share
-        if workers > 1 and len(self.shards) >= workers:
-            keep &= index["shard"] % workers == worker
+        holding = np.unique(index["shard"][keep])
+        if workers > 1 and len(holding) >= workers:
+            keep &= np.isin(index["shard"], holding[worker::workers])
         rows = np.flatnonzero(keep)
         rows = rows[np.argsort(rank_of[index["speaker"][rows]], kind="stable")]  # then by position, as indexed
         labels = label_of[index["speaker"]]
         if not len(rows):
-            raise ValueError(f"no {part} utterances in the training inputs")
+            raise StoreError(f"{self.folder}: no {part} utterances in the training inputs")
         return StoreBank(self, index["shard"][rows], index["offset"][rows], index["length"][rows],
                          labels[rows].astype(np.int32), classes)
 

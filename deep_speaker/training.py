@@ -378,7 +378,10 @@ def _store_banks(cache_dir: Path, config: Config, store_shard_mb: float | None):
 
     def bank_for_share(worker: int, workers: int):
         if (worker, workers) not in shares:
-            shares[worker, workers] = store.bank("train", config.perturbed_speakers, share=(worker, workers))
+            try:
+                shares[worker, workers] = store.bank("train", config.perturbed_speakers, share=(worker, workers))
+            except StoreError as error:
+                raise TrainingError(str(error)) from None
             log.info("input pipeline %d of %d reads %d of %d store shards (%d training utterances)", worker, workers,
                      len(shares[worker, workers].shards_used), len(store.shards),
                      shares[worker, workers].num_utterances)

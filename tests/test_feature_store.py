@@ -216,7 +216,7 @@ def test_worker_shares_split_the_training_utterances_by_shard(packed):
     store = FeatureStore(cache)
     whole = store.bank("train")
     shares = [store.bank("train", share=(worker, 2)) for worker in range(2)]
-    assert set(shares[0].shards_used).isdisjoint(shares[1].shards_used)
+    assert set(shares[0].shards_used).isdisjoint(shares[1].shards_used) and all(s.num_utterances for s in shares)
     assert sum(s.num_utterances for s in shares) == whole.num_utterances
     assert all(s.speakers == whole.speakers for s in shares)  # labels stay global
     batch = next(iter(softmax_dataset(shares[1], Config(frames=FRAMES), 8, seed=1)))

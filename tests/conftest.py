@@ -1,13 +1,18 @@
 """Fixtures shared by the test suite.
 
 - `repo_root`: the repository root.
-- `shared_data`: the read-only real-speech folder ``../shared/data`` (tests skip when absent).
+- `shared_data`: the read-only real-speech folder ``../shared/data``: a test that needs it skips
+  when it is absent, and fails instead with CI=true (so CI cannot pass by skipping).
+- `vctk_corpus`: VCTK 0.80 layout of 14 real speakers (34 files): ``../shared/data/vctk-mini``, else
+  the same recordings vendored in ``deep-speaker-data/demo/`` (FLAC), written out as the same WAVs.
+- `samples_dir`: the seed's extra speaker ``samples/PhilippeRemy/``, from either place.
 - `synth_audio`: synthetic signals (tone_in_silence, sine, silence, clicks, noise) as float32 arrays.
 - `write_wav`: write an array or a named synthetic signal to .wav/.flac/.ogg with soundfile.
 - `tiny_librispeech`: a LibriSpeech-layout copy of 3 real speakers x 3 short utterances.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,6 +22,19 @@ import soundfile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DEMO_DATA = REPO_ROOT / "deep-speaker-data" / "demo"  # vendored: always there
+
+
+def running_in_ci() -> bool:
+    """CI=true (or 1/yes): missing real speech is a failure, not a reason to skip."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def need_real_speech(reason: str) -> None:
+    """Skip the current test for lack of real speech, or fail it under CI."""
+    if running_in_ci():
+        pytest.fail(f"{reason} (CI=true: real speech must be there, see tests/conftest.py)", pytrace=False)
+    pytest.skip(reason)
 
 # Three short utterances (2-4 s, 16 kHz) of each of the LibriSpeech speakers
 # with many utterances in ../shared/data/librispeech.
@@ -34,10 +52,37 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` (read-only real speech); skips the test when it is absent."""
+    """``../shared/data`` (read-only real speech); skips the test when it is absent (fails under CI)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real speech data not found at {SHARED_DATA}")
+        need_real_speech(f"real speech data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def vctk_corpus(tmp_path_factory) -> Path:
+    """A VCTK-Corpus folder in the 0.80 layout (``wav48/pNNN/pNNN_MMM.wav``, ``txt/``,
+    ``speaker-info.txt``): ../shared/data/vctk-mini when present, else the vendored
+    demo's FLAC copies of the same 34 recordings written as 16-bit WAV once per
+    session (bit-identical to vctk-mini's files). Read-only: copy before changing."""
+    shared = SHARED_DATA / "vctk-mini" / "VCTK-Corpus"
+    if shared.is_dir():
+        return shared
+    source = DEMO_DATA / "VCTK-Corpus"
+    target = tmp_path_factory.mktemp("vctk-from-demo") / "VCTK-Corpus"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.flac"))
+    for flac in sorted(source.rglob("*.flac")):
+        audio, rate = soundfile.read(str(flac), dtype="int16")
+        wav = target / flac.relative_to(source).with_suffix(".wav")
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        soundfile.write(str(wav), audio, rate, subtype="PCM_16")
+    return target
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The seed's extra speaker, ``samples/PhilippeRemy/*.wav``: ../shared/data/samples, else the demo's."""
+    shared = SHARED_DATA / "samples"
+    return shared if shared.is_dir() else DEMO_DATA / "samples"
 
 
 def synthesize(kind: str, sample_rate: int = 16000, seconds: float = 1.0, *, frequency: float = 440.0,
@@ -108,7 +153,7 @@ def tiny_librispeech(tmp_path, shared_data) -> Path:
     for files in TINY_LIBRISPEECH_FILES.values():
         for relative in files:
             if not (source / relative).is_file():
-                pytest.skip(f"{source / relative} not found")
+                need_real_speech(f"{source / relative} not found")
             target = root / "train-clean-100" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source / relative, target)

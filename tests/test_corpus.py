@@ -81,11 +81,11 @@ def test_folder_per_speaker_and_a_root_of_wavs(tmp_path):
     ]
 
 
-def test_real_shared_layouts(shared_data):
-    vctk = discover_utterances([shared_data / "vctk-mini" / "VCTK-Corpus"])
+def test_real_shared_layouts(vctk_corpus, samples_dir):
+    vctk = discover_utterances([vctk_corpus])
     assert len(vctk) == 34 and all(u.utterance_id.startswith(u.speaker_id + "_") for u in vctk)
     assert {u.speaker_id for u in vctk} >= {"p225", "p226", "p227", "p239"}
-    samples = discover_utterances([shared_data / "samples"])
+    samples = discover_utterances([samples_dir])
     assert [u.utterance_id for u in samples] == [f"PhilippeRemy_00{i}" for i in range(1, 5)]
 
 

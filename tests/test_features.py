@@ -103,10 +103,10 @@ def test_fbank_matches_slow_per_frame_reference(seed, seconds):
     np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
 
 
-def test_fbank_of_real_speech_matches_reference(shared_data):
+def test_fbank_of_real_speech_matches_reference(samples_dir):
     from deep_speaker.audio import load_utterance
 
-    path = shared_data / "samples" / "PhilippeRemy" / "PhilippeRemy_002.wav"
+    path = samples_dir / "PhilippeRemy" / "PhilippeRemy_002.wav"
     audio = load_utterance(path, CONFIG).audio_voice_only[: RATE]  # 1 s keeps the slow loop short
     np.testing.assert_allclose(compute_fbank(audio, CONFIG), _reference_log_fbank(audio), rtol=RTOL, atol=ATOL)
 

@@ -12,15 +12,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_pip_install_gives_get_emb_py_with_the_packaged_model(shared_data, tmp_path):
+def test_pip_install_gives_get_emb_py_with_the_packaged_model(vctk_corpus, tmp_path):
     target = tmp_path / "site"
     # --no-deps: the test's own environment already has TensorFlow and the rest.
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--no-build-isolation", "--target", str(target), str(REPO)], check=True, timeout=300)
     script = target / "bin" / "get_emb.py"
     assert script.is_file() and (target / "deep_speaker" / "pretrained" / "embedding.keras").is_file()
-    wav = sorted((shared_data / "vctk-mini" / "VCTK-Corpus" / "wav48" / "p225").glob("*.wav"))[0]
-    flac = sorted((shared_data / "librispeech").rglob("*.flac"))[0]
+    wav = sorted((vctk_corpus / "wav48" / "p225").glob("*.wav"))[0]
+    flac = sorted((REPO / "deep-speaker-data" / "demo" / "VCTK-Corpus" / "wav48" / "p226").glob("*.flac"))[0]
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the clone

@@ -139,8 +139,8 @@ def one_error_line(text: str) -> str:
 # --- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def corpus(shared_data) -> Path:
-    return shared_data / "vctk-mini" / "VCTK-Corpus"  # read in place, never written
+def corpus(vctk_corpus) -> Path:
+    return vctk_corpus  # read in place, never written
 
 
 @pytest.fixture(scope="module")
@@ -376,7 +376,7 @@ def _read_only(monkeypatch, folder: Path) -> None:
     monkeypatch.setattr(os, "replace", replace)
 
 
-def test_read_only_cache_is_one_line_and_changes_nothing(tiny_librispeech, shared_data, tmp_path, capsys,
+def test_read_only_cache_is_one_line_and_changes_nothing(tiny_librispeech, samples_dir, tmp_path, capsys,
                                                          monkeypatch):
     cache = tmp_path / "cache"
     assert _call(capsys, "--regenerate_full_cache", "--generate_training_inputs", "--audio_dir", tiny_librispeech,
@@ -385,7 +385,7 @@ def test_read_only_cache_is_one_line_and_changes_nothing(tiny_librispeech, share
     files_before = sorted(p for p in cache.rglob("*") if p.is_file())
     _read_only(monkeypatch, cache)
 
-    code, _, err = _call(capsys, "--update_cache", "--audio_dir", shared_data / "samples",
+    code, _, err = _call(capsys, "--update_cache", "--audio_dir", samples_dir,
                          "--cache_output_dir", cache)
     assert code == 2
     assert re.fullmatch(r"error: .*PhilippeRemy_001\.pkl: cannot write the audio cache \(Permission denied\)",

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 # --- session fixtures: one tiny model, one cache ----------------------------------------------
 
 @pytest.fixture(scope="session")
-def vctk(shared_data) -> Path:
-    return shared_data / "vctk-mini" / "VCTK-Corpus"
+def vctk(vctk_corpus) -> Path:
+    return vctk_corpus
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +58,13 @@ def checkpoints(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory, vctk, shared_data) -> Path:
+def cache(tmp_path_factory, vctk, samples_dir) -> Path:
     """Audio cache and training inputs of vctk-mini plus the extra speaker PhilippeRemy."""
     from deep_speaker.commands import preprocess
 
     cache_dir = tmp_path_factory.mktemp("cache")
     assert preprocess.main(["--regenerate_full_cache", "--audio_dir", str(vctk), "--audio_dir",
-                            str(shared_data / "samples"), "--cache_output_dir", str(cache_dir)]) == 0
+                            str(samples_dir), "--cache_output_dir", str(cache_dir)]) == 0
     assert preprocess.main(["--generate_training_inputs", "--cache_output_dir", str(cache_dir)]) == 0
     return cache_dir
 
@@ -111,15 +111,22 @@ def printed_vector(text: str) -> np.ndarray:
 
 # --- scores and model resolution ----------------------------------------------------------------
 
-def test_identical_embeddings_score_similarity_one_distance_zero(embedder, wav):
-    u = np.random.default_rng(0).normal(size=512)
-    assert cosine_distance(u, u) == pytest.approx(0.0, abs=1e-6)
+def test_same_samples_in_another_format_score_as_one_recording(embedder, wav, tmp_path):
+    """The WAV and a FLAC copy of its samples decode alike, so they embed alike
+    (similarity 1); another utterance of the same speaker does not."""
+    import soundfile
+
     path = wav / "p225" / "p225_001.wav"
-    result = compare_files(embedder, path, path, threshold=0.999)
+    samples, rate = soundfile.read(str(path), dtype="int16")
+    copy = tmp_path / "copy.flac"
+    soundfile.write(str(copy), samples, rate)
+    result = compare_files(embedder, path, copy, threshold=0.999)
     assert result.kind == "files"
     assert result.distance == pytest.approx(0.0, abs=1e-5)
     assert result.similarity == pytest.approx(1.0, abs=1e-5)
     assert result.same_speaker is True
+    other = compare_files(embedder, path, wav / "p225" / "p225_002.wav", threshold=0.999)
+    assert other.distance > 1e-3 and other.same_speaker is False
 
 
 def test_speaker_embedding_is_renormalised_mean():
@@ -231,14 +238,16 @@ def test_sap_of_one_utterance_splits_it_in_time(embedder, cache, monkeypatch):
 
 # --- comp_cos -----------------------------------------------------------------------------------
 
-def test_comp_cos_san_json(cache, checkpoints, capsys):
+def test_comp_cos_san_json(cache, checkpoints, embedder, capsys):
     code, out, err = run(comp_cos.main, capsys, "--unseen_speakers", "p225,p226", "--json",
                          "--cache_output_dir", cache, "--checkpoint_dir", checkpoints)
     assert code == 0, err
     assert len(out.splitlines()) == 1
     result = json.loads(out)
     assert result["kind"] == "SAN" and result["names"] == ["p225", "p226"] and result["utterances"] == [4, 4]
-    assert 0 <= result["distance"] <= 2
+    # the distance of the two speaker embeddings (renormalised means of 4 utterances each), computed apart
+    u, v = (scoring.embed_cached_speaker(embedder, cache, name) for name in ("p225", "p226"))
+    assert result["distance"] == pytest.approx(cosine_distance(u, v), abs=1e-5) and result["distance"] > 0
     assert result["similarity"] == pytest.approx(1 - result["distance"])
     assert result["model"] == str(checkpoints / "triplet" / "best.keras")
 

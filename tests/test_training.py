@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import need_real_speech
 from deep_speaker.commands import preprocess, train_cli
 from deep_speaker.config import Config
 from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER, attach_head, build_embedding_model
@@ -54,7 +55,7 @@ def cache(tmp_path_factory) -> Path:
     for files in UTTERANCES.values():
         for relative in files:
             if not (LIBRISPEECH / relative).is_file():
-                pytest.skip(f"real speech not found: {LIBRISPEECH / relative}")
+                need_real_speech(f"real speech not found: {LIBRISPEECH / relative}")
     root = tmp_path_factory.mktemp("corpus")
     for files in UTTERANCES.values():
         for relative in files:

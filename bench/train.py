@@ -10,7 +10,8 @@
 
 The bank is synthetic (random features; the pipeline's cost does not depend on
 the values) unless --cache points at a preprocess.py cache with inputs/.
-Both training loops read the loss each step, as the trainer does, and are
+Both training loops read the loss each step (the same sync on both sides; the
+trainer itself reads it only every --log_every steps), and are
 timed in alternating rounds; the best round of each is reported, so a busy
 machine penalises neither side more.
 
@@ -110,7 +111,7 @@ def timed(step, steps: int) -> float:
     started = time.perf_counter()
     for _ in range(steps):
         loss, _ = step()
-        float(loss)  # as the trainer does: one sync per step
+        float(loss)  # one sync per step on both sides, so each step's time is its own
     return time.perf_counter() - started
 
 

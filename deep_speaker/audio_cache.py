@@ -30,7 +30,8 @@ import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.config import AUDIO_FIELDS, CONFIG_VERSION, Config
-from deep_speaker.corpus import Utterance, discover_utterances, id_in_shard, in_shard, seed_cache_ids
+from deep_speaker.corpus import (SEED_CACHE_SUFFIX, Utterance, discover_utterances, id_in_shard, in_shard,
+                                 seed_cache_ids)
 from deep_speaker.errors import InputError, SettingsMismatchError
 from deep_speaker.io_utils import atomic_write_pickle, atomic_write_text, load_pickle, remove_stale_temp_files
 from deep_speaker.locking import cache_lock
@@ -172,7 +173,9 @@ def _build_locked(utterances: list[Utterance], cache_dir: Path, config: Config, 
     _remove_stale_temps(cache_dir, shard)
 
     summary = CacheSummary()
-    todo = [u for u in utterances if not (output_dir / u.cache_name).exists()]
+    # A file the 2018 code cached (<stem>_cache.pkl) is cached too: no second copy under our name.
+    todo = [u for u in utterances if not (output_dir / u.cache_name).exists()
+            and not (output_dir / f"{u.path.stem}{SEED_CACHE_SUFFIX}.pkl").exists()]
     summary.skipped = len(utterances) - len(todo)
     index_path = cache_dir / INDEX_DIR / f"{socket.gethostname()}-{os.getpid()}-{int(time.time())}.tsv"
     index_path.parent.mkdir(parents=True, exist_ok=True)

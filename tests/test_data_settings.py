@@ -101,6 +101,16 @@ def test_a_2018_cache_record_is_read_as_it_is(seed_cache, vctk_corpus):
     assert read_audio_settings(seed_cache) == (SEED_AUDIO_SETTINGS, True)
 
 
+def test_update_cache_on_a_2018_cache_caches_no_file_twice(seed_cache, vctk_corpus, samples_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(seed_cache, cache)
+    code, out, err = call(preprocess.main, "--update_cache", "--audio_dir", vctk_corpus, "--audio_dir", samples_dir,
+                          "--cache_output_dir", cache)
+    assert code == 0, err
+    assert "4 files cached, 34 skipped" in out  # only the extra speaker is new
+    assert len(read_cache_index(cache)) == 38
+
+
 def test_a_2018_cache_goes_through_inputs_training_and_comp_cos(seed_cache, tmp_path):
     code, out, err = call(preprocess.main, "--generate_training_inputs", "--cache_output_dir", seed_cache)
     assert code == 0, err

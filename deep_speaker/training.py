@@ -205,6 +205,10 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
             raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
                                 f"regenerate the inputs")
         config = config.override(**data)
+    elif not config.speed_perturbations and not config.augment_copies:  # nothing read from the inputs' pickles
+        from deep_speaker.training_inputs import legacy_inputs_data_settings
+
+        config = config.override(**legacy_inputs_data_settings(cache_dir))
     if saved is not None and saved.config_version >= 2:
         if saved.data_settings() != config.data_settings():
             different = [f"{k}: {v!r} there vs {config.data_settings()[k]!r} now"

@@ -426,6 +426,22 @@ def read_inputs_settings(cache_dir: str | Path) -> dict | None:
     return record
 
 
+def legacy_inputs_data_settings(cache_dir: str | Path) -> dict:
+    """The data settings of inputs made before stage 2 recorded them (no
+    inputs/settings.json): the cache's audio settings (`read_audio_settings`) and
+    the speed factors and copy count read from the inputs' file names, a guess
+    (`corpus.split_pseudo_speaker_id`) that regenerating the inputs replaces by
+    the record. Reads no frames, so a streaming run can afford it."""
+    audio, recorded = read_audio_settings(cache_dir)
+    names = [path.stem for path in (Path(cache_dir) / INPUTS_DIR).glob("*.pkl")]
+    parsed = [split_pseudo_speaker_id(name) for name in names]
+    log.warning("%s/inputs record no data settings (made before they were recorded): config.json gets %s audio "
+                "settings and speed factors and copies read from the speaker ids; regenerate the training inputs "
+                "for an exact record", cache_dir, "the cache's" if recorded else "assumed")
+    return {**audio, "speed_perturbations": sorted({speed for _, speed, _ in parsed} - {1.0}),
+            "augment_copies": max((copy for _, _, copy in parsed), default=0)}
+
+
 def pseudo_speaker_origins(cache_dir: str | Path) -> dict[str, tuple[str, float, int]] | None:
     """{pseudo-speaker id: (source speaker, speed, copy)} as stage 2 recorded them
     (real speakers are not in it), or None for inputs made before the record."""

@@ -269,3 +269,16 @@ def test_check_features_checks_every_speaker(tmp_path):
     inputs["c"]["data_settings"] = {**settings, "trim": "energy"}
     with pytest.raises(SettingsMismatchError, match="inputs of a and c were made with different settings"):
         _check_features(inputs, config, tmp_path)
+
+
+def test_inputs_made_before_the_record_still_give_a_complete_config(energy_run, tmp_path):
+    """Inputs from before inputs/settings.json (a streaming run reads no pickle): the
+    cache's audio settings, and speed factors read from the inputs' names."""
+    from deep_speaker.training import _recorded_config
+
+    cache = tmp_path / "cache"
+    shutil.copytree(energy_run["cache"], cache, ignore=shutil.ignore_patterns("store"))
+    (cache / "inputs" / "settings.json").unlink()
+    config = _recorded_config("softmax", Config(), "default", cache, tmp_path / "checkpoints", None, tmp_path)
+    assert (config.trim, config.speed_perturbations, config.augment_copies) == ("energy", [1.1], 0)
+    assert config.config_version == CONFIG_VERSION and config.stage == "softmax"

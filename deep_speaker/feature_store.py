@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -414,6 +415,7 @@ class StoreBank:
         self.num_fbanks = store.num_fbanks
         self.row_bytes = self.num_fbanks * np.dtype(STORE_DTYPE).itemsize
         self._files: dict[int, tuple[int, int]] = {}  # shard -> (fd, byte offset of its data)
+        self._opening = threading.Lock()  # tf.data calls the reader from several threads
         self._samplers: dict = {}
 
     @property
@@ -434,19 +436,23 @@ class StoreBank:
 
     def _file(self, shard: int) -> tuple[int, int]:
         opened = self._files.get(shard)
-        if opened is None:
-            path = self.store.shards[shard]
-            try:
-                mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # header only; nothing is read
-                dtype, shape, data_offset = mapped.dtype, mapped.shape, mapped.offset
-                contiguous = mapped.flags.c_contiguous
-                del mapped
-                if dtype != np.dtype(STORE_DTYPE) or not contiguous or len(shape) != 2 or shape[1] != self.num_fbanks:
-                    raise ValueError(f"holds {dtype} {shape}")
-                opened = (os.open(path, os.O_RDONLY), data_offset)
-            except (OSError, ValueError) as error:
-                raise StoreError(f"{path}: unreadable store shard ({error})") from None
-            self._files[shard] = opened
+        if opened is not None:
+            return opened
+        with self._opening:
+            return self._files.get(shard) or self._open(shard)
+
+    def _open(self, shard: int) -> tuple[int, int]:
+        path = self.store.shards[shard]
+        try:
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
+            dtype, shape, data_offset, contiguous = mapped.dtype, mapped.shape, mapped.offset, mapped.flags.c_contiguous
+            del mapped
+            if dtype != np.dtype(STORE_DTYPE) or not contiguous or len(shape) != 2 or shape[1] != self.num_fbanks:
+                raise ValueError(f"holds {dtype} {shape}")
+            opened = (os.open(path, os.O_RDONLY), data_offset)
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path}: unreadable store shard ({error})") from None
+        self._files[shard] = opened
         return opened
 
     def crops(self, utterances: np.ndarray, rows: np.ndarray) -> np.ndarray:

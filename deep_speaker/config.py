@@ -88,6 +88,8 @@ class Config:
     hard_pool_size: int = 8  # candidate negatives scored per anchor for hard mining
     hard_refresh_steps: int = 50  # steps between refreshes of the embedding bank used for mining
     spec_augment: bool = False  # time/frequency masking of training windows
+    spec_augment_time_mask: int = 20  # --spec_augment: widest time mask (frames, drawn from 0..this per window)
+    spec_augment_freq_mask: int = 8  # --spec_augment: widest frequency mask (filterbanks)
     # What training does with speed-perturbed pseudo-speakers "<speaker>-sp<f>" of the inputs:
     # "classes" keeps each as a speaker of its own (Kaldi's x-vector recipe); "augment"
     # adds their training utterances to their speaker's, as more varied data of one class.
@@ -244,6 +246,7 @@ _RANGES = {
     "epochs": (0, 1_000_000), "steps_per_epoch": (1, 100_000_000), "lr": (1e-12, 1e6),
     "triplet_margin": (0.0, 1e6), "hard_pool_size": (1, 1_000_000), "hard_refresh_steps": (1, 100_000_000),
     "eval_utterances": (1, 100_000_000), "eval_frames": (1, 10_000_000), "seed": (-2 ** 63, 2 ** 63 - 1),
+    "spec_augment_time_mask": (0, 10_000_000), "spec_augment_freq_mask": (0, 512),
     "config_version": (1, CONFIG_VERSION),
 }
 _CHOICES = {"trim": ("percentile", "energy"), "head": ("softmax", "amsoftmax"),

@@ -24,13 +24,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import need_real_speech
+from conftest import SHARED_DATA, need_real_speech
 from deep_speaker.commands import preprocess, train_cli
 from deep_speaker.config import Config
 from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER, attach_head, build_embedding_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LIBRISPEECH = REPO_ROOT.parent / "shared" / "data" / "librispeech" / "train-clean-100"
+LIBRISPEECH = SHARED_DATA / "librispeech" / "train-clean-100"
 # Three speakers with three utterances each, three with a single long one.
 UTTERANCES = {
     "19": ("19/198/19-198-0000.flac", "19/198/19-198-0008.flac", "19/198/19-198-0037.flac"),

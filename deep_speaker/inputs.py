@@ -118,13 +118,16 @@ class WindowSampler:
         within = tf.minimum(tf.cast(draw * tf.cast(count, tf.float32), tf.int64), count - 1)
         return tf.gather(self.first, speakers) + within
 
-    def random_windows(self, seed, utterances):
-        """(len(utterances), num_frames, num_fbanks, 1) windows at random starts."""
+    def random_starts(self, seed, utterances):
+        """(len(utterances),) int64 window starts, uniform over each utterance's room."""
         lengths = tf.gather(self.lengths, utterances)
         room = tf.maximum(lengths - self.num_frames, 0) + 1
         draw = tf.random.stateless_uniform(tf.shape(utterances), seed, dtype=tf.float32)
-        starts = tf.minimum(tf.cast(draw * tf.cast(room, tf.float32), tf.int64), room - 1)
-        return self.windows_at(utterances, starts)
+        return tf.minimum(tf.cast(draw * tf.cast(room, tf.float32), tf.int64), room - 1)
+
+    def random_windows(self, seed, utterances):
+        """(len(utterances), num_frames, num_fbanks, 1) windows at random starts."""
+        return self.windows_at(utterances, self.random_starts(seed, utterances))
 
     def windows_at(self, utterances, starts):
         lengths = tf.gather(self.lengths, utterances)[:, None]
@@ -134,9 +137,10 @@ class WindowSampler:
 
 
 class StoreWindowSampler(WindowSampler):
-    """The same draws over a StoreBank: the index lives in TensorFlow, and a
-    batch's windows are read from the store's shards in one `tf.numpy_function`
-    call (pread of each window's rows, float16), then cast to float32."""
+    """The same draws over a StoreBank: the index lives in TensorFlow, and
+    windows are read from the store's shards in one `tf.numpy_function` call
+    (one pread per window, float16), then cast to float32. The datasets read
+    the windows of READ_STEPS steps per call, to spread the call's cost."""
 
     def _init_frames(self, bank) -> None:
         self.bank = bank
@@ -148,6 +152,40 @@ class StoreWindowSampler(WindowSampler):
         windows = tf.numpy_function(self._read, [utterances, starts], tf.float16, stateful=False)
         windows = tf.ensure_shape(windows, [None, self.num_frames, self.bank.num_fbanks])
         return tf.cast(windows, tf.float32)[..., None]
+
+
+READ_STEPS = 8  # steps whose windows a StoreWindowSampler reads in one call
+
+
+def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> tf.data.Dataset:
+    """Endless (windows, labels) batches from draw(step) -> (utterances, starts,
+    labels, SpecAugment seed), all drawn from (seed, step) alone. In RAM: one
+    map gathers each batch. From the store: the draws of READ_STEPS steps are
+    read in one call, then split back into batches (the same batches, in order)."""
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def augment(windows, labels, augment_seed):
+        if config.spec_augment:
+            windows = spec_augment(augment_seed, windows)
+        return windows, labels
+
+    steps = tf.data.Dataset.counter(first_step)
+    if isinstance(sampler, StoreWindowSampler):
+        def read(utterances, starts, labels, augment_seed):  # (READ_STEPS, batch) each
+            shape = tf.shape(utterances)
+            windows = sampler.windows_at(tf.reshape(utterances, [-1]), tf.reshape(starts, [-1]))
+            windows = tf.reshape(windows, [shape[0], shape[1], sampler.num_frames, sampler.bank.num_fbanks, 1])
+            return windows, labels, augment_seed
+
+        batches = steps.map(draw, **parallel).batch(READ_STEPS).map(read, **parallel).unbatch()
+        batches = batches.map(augment, **parallel) if config.spec_augment else batches.map(lambda w, l, a: (w, l))
+    else:
+        def whole(step):
+            utterances, starts, labels, augment_seed = draw(step)
+            return augment(sampler.windows_at(utterances, starts), labels, augment_seed)
+
+        batches = steps.map(whole, **parallel)
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def spec_augment(seed, windows, max_time_mask: int = 20, max_freq_mask: int = 8):
@@ -179,18 +217,14 @@ def softmax_dataset(bank, config: Config, batch_size: int, seed: int, first_step
     """
     sampler = window_sampler(bank, config.frames)
 
-    def make_batch(step):
+    def draw(step):
         base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
         s = tf.random.experimental.stateless_split(base, 4)
         speakers = sampler.random_speakers(s[0], batch_size)
-        windows = sampler.random_windows(s[2], sampler.random_utterances(s[1], speakers))
-        if config.spec_augment:
-            windows = spec_augment(s[3], windows)
-        return windows, tf.cast(speakers, tf.int32)
+        utterances = sampler.random_utterances(s[1], speakers)
+        return utterances, sampler.random_starts(s[2], utterances), tf.cast(speakers, tf.int32), s[3]
 
-    return (tf.data.Dataset.counter(first_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                                                     deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    return _batches(sampler, draw, config, first_step)
 
 
 def triplet_dataset(bank, config: Config, batch_size: int, seed: int, first_step: int = 0,
@@ -205,7 +239,7 @@ def triplet_dataset(bank, config: Config, batch_size: int, seed: int, first_step
     sampler = window_sampler(bank, config.frames)
     pool = max(1, config.hard_pool_size)
 
-    def make_batch(step):
+    def draw(step):
         base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
         s = tf.random.experimental.stateless_split(base, 10)
         anchors = sampler.random_speakers(s[0], batch_size)
@@ -220,15 +254,10 @@ def triplet_dataset(bank, config: Config, batch_size: int, seed: int, first_step
             negatives = tf.gather(candidates, tf.argmax(similarity, axis=1), batch_dims=1)
         negative_utt = sampler.random_utterances(s[4], negatives)
         utterances = tf.concat([anchor_utt, positive_utt, negative_utt], axis=0)
-        windows = sampler.random_windows(s[5], utterances)
-        if config.spec_augment:
-            windows = spec_augment(s[6], windows)
         labels = tf.cast(tf.concat([anchors, anchors, negatives], axis=0), tf.int32)
-        return windows, labels
+        return utterances, sampler.random_starts(s[5], utterances), labels, s[6]
 
-    return (tf.data.Dataset.counter(first_step).map(make_batch, num_parallel_calls=tf.data.AUTOTUNE,
-                                                     deterministic=True)
-            .prefetch(tf.data.AUTOTUNE))
+    return _batches(sampler, draw, config, first_step)
 
 
 def _other_utterance(sampler: WindowSampler, seed, speakers, utterances):

@@ -35,6 +35,7 @@ from deep_speaker.identification import (Enrolment, EnrolmentError, Identificati
 from deep_speaker.long_audio import (LONG_RECORDING_S, SEGMENT_S, is_long_recording, segments, stream_audio,
                                      waveform_segments)
 from deep_speaker.parallel import default_workers
+from deep_speaker.score_norm import ScoreNormalizer, cohort_beside
 from deep_speaker.scoring import (MIN_SCORING_FRAMES, Embedder, ResolvedModel, ScoringError, min_scoring_speech_ms,
                                   resolve_model, speaker_embedding)
 from deep_speaker.speech import detect_speech
@@ -42,7 +43,9 @@ from deep_speaker.speech import detect_speech
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
-THRESHOLD_FILE = "threshold.json"  # beside the model: {"threshold": cosine similarity, "eer": ..., "source": ...}
+# Beside the model: {"threshold": cosine similarity, "as_norm_threshold": AS-norm score (when the model
+# ships a score cohort), "eer": ..., "source": ...}, the EER operating points of its held-out trials.
+THRESHOLD_FILE = "threshold.json"
 # How embed_files prepares the next files while the model runs: "thread" or "process"
 # (bench/embed_files.py measures both; threads won on 2 cores, see the README).
 _POOL_KIND = "thread"
@@ -65,8 +68,10 @@ class Verification:
     """The decision of `SpeakerEncoder.verify`; true when it is the same speaker."""
 
     same_speaker: bool
-    similarity: float
-    threshold: float
+    similarity: float  # cosine similarity
+    threshold: float  # on the scale of `score`
+    score: float | None = None  # what was compared with the threshold (the cosine when None)
+    score_kind: str = "cosine"  # "cosine", or "as-norm" (see deep_speaker.score_norm)
 
     def __bool__(self) -> bool:
         return self.same_speaker
@@ -83,10 +88,13 @@ class SpeakerEncoder:
     while the model runs (default: the number of CPUs). Created before
     TensorFlow is imported, it sets TF_ENABLE_ONEDNN_OPTS=0 unless set (as the
     commands do: faster for utterances of many lengths, see inference.py).
+    score_norm: verify with AS-norm scores against the score cohort shipped beside
+    the model (`score_cohort.npz`, see deep_speaker.score_norm) when there is one;
+    False: raw cosine similarity. `similarity` is always the raw cosine.
     """
 
     def __init__(self, model: PathLike | None = None, *, checkpoint_dir: PathLike | None = None,
-                 require_speech: bool = True, workers: int | None = None):
+                 require_speech: bool = True, workers: int | None = None, score_norm: bool = True):
         resolved = resolve_model(model, checkpoint_dir)
         if "tensorflow" not in sys.modules:  # as the commands: TensorFlow's own convolutions (see inference.py)
             for name, value in SCORING_ENVIRONMENT.items():
@@ -95,7 +103,9 @@ class SpeakerEncoder:
         self.require_speech = require_speech
         self.workers = workers if workers is not None else default_workers()
         self._identity: dict[str, str] | None = None
-        self._threshold = _read_threshold(self.model_path.parent / THRESHOLD_FILE)
+        self._thresholds = _read_thresholds(self.model_path.parent / THRESHOLD_FILE)
+        cohort = cohort_beside(self.model_path)
+        self._normalizer = ScoreNormalizer.load(cohort, self.model_path) if score_norm and cohort.is_file() else None
 
     # --- what the encoder is ------------------------------------------------------------------------
 
@@ -121,7 +131,22 @@ class SpeakerEncoder:
     @property
     def threshold(self) -> float | None:
         """The model's EER threshold (cosine similarity) from threshold.json beside it, if stored."""
-        return self._threshold
+        return self._thresholds.get("threshold")
+
+    @property
+    def score_normalizer(self) -> ScoreNormalizer | None:
+        """The AS-norm of `score`, or None when scores are raw cosines."""
+        return self._normalizer
+
+    @property
+    def score_kind(self) -> str:
+        """"as-norm" when `score` normalises against the model's cohort, else "cosine"."""
+        return "as-norm" if self._normalizer is not None else "cosine"
+
+    @property
+    def score_threshold(self) -> float | None:
+        """The model's stored EER threshold on the scale of `score`, if stored."""
+        return self._thresholds.get("as_norm_threshold" if self._normalizer is not None else "threshold")
 
     @property
     def model_identity(self) -> dict[str, str]:
@@ -219,17 +244,31 @@ class SpeakerEncoder:
             raise ValueError("cosine similarity of a zero vector is undefined")
         return float(np.dot(u, v) / norms)
 
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        """The verification score of two embeddings: AS-norm against the model's
+        cohort when it ships one (and score_norm was not turned off), else the
+        cosine similarity. Higher means more likely the same speaker."""
+        similarity = self.similarity(a, b)
+        if self._normalizer is None:
+            return similarity
+        u, v = (np.asarray(x, np.float32).ravel() for x in (a, b))
+        return self._normalizer.pair_score(u / np.linalg.norm(u), v / np.linalg.norm(v))
+
     def verify(self, a: PathLike | np.ndarray, b: PathLike | np.ndarray,
                threshold: float | None = None) -> Verification:
-        """Same speaker? a and b are files or embeddings; same when their cosine
-        similarity reaches `threshold` (default: the model's stored EER threshold)."""
+        """Same speaker? a and b are files or embeddings; same when their `score`
+        reaches `threshold` (on the score's scale; default: the model's stored EER
+        threshold)."""
         if threshold is None:
-            threshold = self.threshold
+            threshold = self.score_threshold
         if threshold is None:
-            raise ScoringError(f"no verification threshold: {self.model_path.parent / THRESHOLD_FILE} is absent; "
-                               f"pass threshold=<cosine similarity>, e.g. the eer_threshold of evaluate.py")
-        similarity = self.similarity(self._as_embedding(a), self._as_embedding(b))
-        return Verification(bool(similarity >= threshold), similarity, float(threshold))
+            raise ScoringError(f"no verification threshold: {self.model_path.parent / THRESHOLD_FILE} holds none "
+                               f"for {self.score_kind} scores; pass threshold=<score>, e.g. the eer_threshold "
+                               f"of evaluate.py")
+        u, v = self._as_embedding(a), self._as_embedding(b)
+        score = self.score(u, v)
+        return Verification(bool(score >= threshold), self.similarity(u, v), float(threshold), score,
+                            self.score_kind)
 
     # --- identification -----------------------------------------------------------------------------
 
@@ -450,18 +489,26 @@ def _executor(workers: int) -> Executor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deep-speaker-prepare")
 
 
-def _read_threshold(path: Path) -> float | None:
-    """The "threshold" of a threshold.json, None when there is none."""
+def _read_thresholds(path: Path) -> dict[str, float]:
+    """The thresholds of a threshold.json ("threshold": cosine, "as_norm_threshold":
+    AS-norm score), {} when there is none."""
     if not path.is_file():
-        return None
+        return {}
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))["threshold"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -1.0 <= value <= 1.0:
-            raise ValueError(f"threshold {value!r} is not a cosine similarity in [-1, 1]")
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        thresholds = {"threshold": stored["threshold"]}
+        if "as_norm_threshold" in stored:
+            thresholds["as_norm_threshold"] = stored["as_norm_threshold"]
+        for name, value in thresholds.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"{name} {value!r} is not a number")
+        if not -1.0 <= thresholds["threshold"] <= 1.0:
+            raise ValueError(f"threshold {thresholds['threshold']!r} is not a cosine similarity in [-1, 1]")
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise ScoringError(f"{path}: not a usable threshold file ({error}); expected "
-                           f'{{"threshold": <cosine similarity>, "eer": ..., "source": ...}}') from None
-    return float(value)
+                           f'{{"threshold": <cosine similarity>, "as_norm_threshold": <score>, "eer": ..., '
+                           f'"source": ...}}') from None
+    return {name: float(value) for name, value in thresholds.items()}
 
 
 __all__ = ["SpeakerEncoder", "NoSpeechError", "FileEmbeddings", "Verification", "Enrolment", "EnrolmentError",

@@ -98,15 +98,21 @@ def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embedd
     if not (np.any(labels == 1) and np.any(labels == 0)):
         raise InputError(f"{int(np.sum(labels == 1))} target and {int(np.sum(labels == 0))} non-target trials could "
                          f"be scored: an EER needs both (two speakers at least, one of them with two usable files)")
-    scores = score_trials(embeddings, first, second)
+    cosines = score_trials(embeddings, first, second)
+    normalizer = getattr(encoder, "score_normalizer", None)
+    scores = cosines if normalizer is None else normalizer.trial_scores(embeddings, embeddings, first, second)
     speaker_by_file = dict(zip(trials.files, trials.speakers))
     speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)
     report = verification_report(scores, labels, speaker_of_row[first], speaker_of_row[second])
+    report["score"] = "cosine" if normalizer is None else "as-norm"
+    if normalizer is not None:  # the raw cosine's figures beside the normalised ones
+        report["raw_cosine"] = verification_report(cosines, labels, speaker_of_row[first], speaker_of_row[second])
     report.update(model=str(encoder.resolved.path), num_files=len(ok), skipped_files=len(failed),
                   skipped_trials=int((~usable).sum()))
     report.update(identification_accuracy(embeddings, [str(s) for s in speaker_of_row]))
-    lines = ["label\tscore\tfile1\tfile2"] + [
-        f"{label}\t{score:.6f}\t{ok[i]}\t{ok[j]}" for label, score, i, j in zip(labels, scores, first, second)]
+    lines = ["label\tscore\tcosine\tfile1\tfile2"] + [
+        f"{label}\t{score:.6f}\t{cosine:.6f}\t{ok[i]}\t{ok[j]}"
+        for label, score, cosine, i, j in zip(labels, scores, cosines, first, second)]
     atomic_write_text(output_dir / "scores.tsv", "\n".join(lines) + "\n")
     atomic_write_text(output_dir / "metrics.json", json.dumps(report, indent=2))
 

@@ -220,15 +220,23 @@ class Comparison:
     counts: list[int] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    threshold: float | None = None
+    threshold: float | None = None  # on the scale of `score`
+    score: float | None = None  # the verification score (AS-norm or cosine); None: the cosine similarity
+    score_kind: str = "cosine"
+
+    def __post_init__(self):
+        if self.score is None:
+            self.score = self.similarity
 
     @property
     def same_speaker(self) -> bool | None:
-        return None if self.threshold is None else bool(self.similarity >= self.threshold)
+        return None if self.threshold is None else bool(self.score >= self.threshold)
 
     def to_dict(self) -> dict:
         result = {"kind": self.kind, "distance": self.distance, "similarity": self.similarity, "model": self.model,
                   "names": self.names, "utterances": self.counts, "seconds": round(self.seconds, 3)}
+        if self.kind == "files":
+            result.update(score=self.score, score_kind=self.score_kind)
         if self.threshold is not None:
             result.update(threshold=self.threshold, same_speaker=self.same_speaker)
         return result
@@ -265,13 +273,20 @@ def compare_speakers(embedder: Embedder, cache_dir, first: str, second: str, max
                       [first, second], time.monotonic() - started)
 
 
-def compare_files(embedder: Embedder, first, second, threshold: float | None = None) -> Comparison:
-    """Score two recordings directly, no cache needed."""
+def compare_files(encoder, first, second, threshold: float | None = None) -> Comparison:
+    """Score two recordings directly, no cache needed. `encoder` (a SpeakerEncoder)
+    gives the verification score (AS-norm when its model ships a cohort) and,
+    without `threshold`, the model's stored EER threshold for the decision."""
     started = time.monotonic()
-    u, v = embedder.embed_file(first), embedder.embed_file(second)
+    u, v = encoder.embed_file(first), encoder.embed_file(second)
     distance = cosine_distance(u, v)
-    return Comparison("files", distance, 1.0 - distance, str(embedder.resolved.path), [1, 1],
-                      [str(first), str(second)], time.monotonic() - started, threshold)
+    score_of = getattr(encoder, "score", None)
+    score = score_of(u, v) if score_of is not None else None
+    if threshold is None:
+        threshold = getattr(encoder, "score_threshold", None)
+    return Comparison("files", distance, 1.0 - distance, str(encoder.resolved.path), [1, 1],
+                      [str(first), str(second)], time.monotonic() - started, threshold, score,
+                      getattr(encoder, "score_kind", "cosine"))
 
 
 def embed_cached_speaker(embedder: Embedder, cache_dir, name: str, max_utterances: int = 50,

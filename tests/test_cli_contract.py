@@ -134,7 +134,7 @@ VALID = [
     Case("comp_cos", "--unseen_speakers 26,27 --json --max_utterances 2 --seed 3 --verbose --cache_output_dir {cache} "
                      "--checkpoint {model}", r'^\{"kind": "SAN".*"utterances": \[2, 2\]'),
     Case("comp_cos", "--files {wav1} {wav2} --threshold 0.5 --checkpoint {model}",
-         r"decision at similarity threshold 0.5: (same speaker|different speakers)"),
+         r"decision at cosine threshold 0.5000 \(cosine score -?[0-9.]+\): (same speaker|different speakers)"),
     # get_emb
     Case("get_emb", "--get_embeddings 19 --cache_output_dir {cache} --checkpoint_dir {ckpt}", r"\[.*\]"),
     Case("get_emb", "--get_embeddings 26 --max_utterances 2 --output {tmp}/e.json --cache_output_dir {cache} "

@@ -20,6 +20,7 @@ import soundfile
 from deep_speaker.audio import AudioError
 from deep_speaker.encoder import FileEmbeddings, NoSpeechError, SpeakerEncoder
 from deep_speaker.scoring import Embedder, ScoringError, resolve_model, speaker_embedding
+from deep_speaker.score_norm import COHORT_FILE, ScoreNormalizer
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "deep-speaker-data" / "demo"
@@ -116,7 +117,9 @@ def test_similarity_verify_and_speaker_embedding(encoder, demo_files, tmp_path):
     assert encoder.similarity(a, b) == pytest.approx(float(np.dot(a, b)), abs=1e-6)
     decision = encoder.verify(demo_files[0], demo_files[1], threshold=0.3)
     assert bool(decision) is decision.same_speaker and decision.similarity == pytest.approx(encoder.similarity(a, b))
-    assert not encoder.verify(a, b, threshold=0.9999)
+    score = encoder.score(a, b)  # AS-norm when the model ships a cohort, else the cosine
+    assert encoder.verify(a, b, threshold=score - 1e-6) and not encoder.verify(a, b, threshold=score + 1e-6)
+    assert encoder.verify(a, b, threshold=score).score == pytest.approx(score)
     np.testing.assert_allclose(encoder.embed_speaker(demo_files[:2]), speaker_embedding(np.stack([a, b])), atol=1e-6)
 
     # The model's EER threshold: an error naming threshold.json when absent, used when stored beside the model.
@@ -126,12 +129,27 @@ def test_similarity_verify_and_speaker_embedding(encoder, demo_files, tmp_path):
         shutil.copyfile(encoder.model_path.parent / name, folder / name)
     bare = SpeakerEncoder(folder / "embedding.keras")
     assert bare.threshold is None
-    with pytest.raises(ScoringError, match=r"threshold\.json is absent; pass threshold="):
+    with pytest.raises(ScoringError, match=r"threshold\.json holds none for cosine scores; pass threshold="):
         bare.verify(a, b)
     (folder / "threshold.json").write_text(json.dumps({"threshold": 0.5, "eer": 0.1, "source": "test"}))
     stored = SpeakerEncoder(folder / "embedding.keras")
     assert stored.threshold == 0.5
     assert stored.verify(a, b).threshold == 0.5
+    assert bare.score_kind == "cosine" and bare.score(a, b) == pytest.approx(bare.similarity(a, b))
+
+    # A score cohort beside the model: verify compares AS-norm scores with the AS-norm threshold.
+    cohort = ScoreNormalizer(np.random.default_rng(0).normal(size=(20, encoder.embedding_dim)), top_k=5)
+    cohort.cohort /= np.linalg.norm(cohort.cohort, axis=1, keepdims=True)
+    cohort.save(folder / COHORT_FILE, folder / "embedding.keras")
+    (folder / "threshold.json").write_text(json.dumps({"threshold": 0.5, "as_norm_threshold": 2.0}))
+    normed = SpeakerEncoder(folder / "embedding.keras")
+    assert normed.score_kind == "as-norm" and normed.score_threshold == 2.0 and normed.threshold == 0.5
+    expected = ScoreNormalizer.load(folder / COHORT_FILE, folder / "embedding.keras").pair_score(a, b)
+    decision = normed.verify(a, b)
+    assert decision.score == pytest.approx(expected, rel=1e-5) and decision.threshold == 2.0
+    assert decision.same_speaker == (expected >= 2.0) and decision.score_kind == "as-norm"
+    raw = SpeakerEncoder(folder / "embedding.keras", score_norm=False)
+    assert raw.score_kind == "cosine" and raw.verify(a, b).threshold == 0.5
     (folder / "threshold.json").write_text(json.dumps({"threshold": "high"}))
     with pytest.raises(ScoringError, match="not a usable threshold file"):
         SpeakerEncoder(folder / "embedding.keras")

@@ -103,3 +103,20 @@ def test_export_model_writes_a_cohort_tied_to_the_exported_weights(tmp_path):
     expected = sorted(folder.name for folder in demo.iterdir() if folder.name not in ("p225", "p226"))
     assert list(loaded.speakers) == expected
     np.testing.assert_allclose(np.linalg.norm(loaded.cohort, axis=1), 1, atol=2e-3)
+
+    # evaluate.py scores with the cohort by default, reports the raw cosine beside it, and
+    # --no_score_norm gives exactly that raw report.
+    import json
+
+    from deep_speaker.commands import evaluate
+
+    model = str(tmp_path / "embedding.keras")
+    assert evaluate.main(["--audio_dir", str(demo), "--output_dir", str(tmp_path / "normed"), "--checkpoint", model]) == 0
+    assert evaluate.main(["--audio_dir", str(demo), "--output_dir", str(tmp_path / "raw"), "--checkpoint", model,
+                          "--no_score_norm"]) == 0
+    normed = json.loads((tmp_path / "normed" / "metrics.json").read_text())
+    raw = json.loads((tmp_path / "raw" / "metrics.json").read_text())
+    assert normed["score"] == "as-norm" and raw["score"] == "cosine" and "raw_cosine" not in raw
+    assert normed["raw_cosine"]["eer"] == raw["eer"] and normed["raw_cosine"]["min_dcf_0.01"] == raw["min_dcf_0.01"]
+    header, first_trial = (tmp_path / "normed" / "scores.tsv").read_text().splitlines()[:2]
+    assert header.split("\t")[:3] == ["label", "score", "cosine"] and first_trial.split("\t")[1] != first_trial.split("\t")[2]

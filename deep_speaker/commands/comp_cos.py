@@ -20,12 +20,17 @@ def build_parser():
                    help="the speakers were added with --update_cache (accepted for the seed's command; "
                         "every cached speaker can be scored)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="with --files: cosine similarity at or above which both files are the same speaker")
+                   help="with --files: score at or above which both files are the same speaker (the AS-norm score "
+                        "when the model ships a score cohort, else the cosine similarity; default: the model's "
+                        "stored EER threshold, if any)")
     p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="audio cache folder")
     add_model_arguments(p)
     p.add_argument("--max_utterances", type=positive_int, default=50,
                    help="at most this many utterances per speaker (seeded random choice)")
     p.add_argument("--seed", type=int, default=SCORING_SEED, help="seed of the utterance choice and the SAP split")
+    p.add_argument("--no_score_norm", action="store_true",
+                   help="with --files: score with raw cosine similarity even when the model ships an AS-norm score cohort "
+                        "(score_cohort.npz beside it)")
     p.add_argument("--allow_no_speech", action="store_true",
                    help="with --files: score recordings in which no speech is detected instead of refusing them")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
@@ -47,6 +52,8 @@ def _main(argv) -> int:
         p.error("--unseen_speakers takes exactly two ids, e.g. p363,p364 (or p363,p363 for SAP)")
     if args.threshold is not None and args.files is None:
         p.error("--threshold goes with --files")
+    if args.no_score_norm and args.files is None:
+        p.error("--no_score_norm goes with --files")
     if args.allow_no_speech and args.files is None:
         p.error("--allow_no_speech goes with --files")
     setup_logging(args.verbose)
@@ -57,7 +64,7 @@ def _main(argv) -> int:
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     if not args.json:
         print(resolved.line(), flush=True)
-    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm)
     if args.files:
         result = compare_files(encoder, *args.files, threshold=args.threshold)
     else:
@@ -71,6 +78,7 @@ def _main(argv) -> int:
           f"utterances {'+'.join(map(str, result.counts))}, {result.seconds:.2f} s")
     if result.same_speaker is not None:
         verdict = "same speaker" if result.same_speaker else "different speakers"
-        print(f"decision at similarity threshold {result.threshold}: {verdict}")
+        print(f"decision at {result.score_kind} threshold {result.threshold:.4f} "
+              f"({result.score_kind} score {result.score:.4f}): {verdict}")
     return 0
 

@@ -13,6 +13,9 @@ def build_parser():
     p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
     p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
     p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
+    p.add_argument("--no_score_norm", action="store_true",
+                   help="score with raw cosine similarity even when the model ships an AS-norm score cohort "
+                        "(score_cohort.npz beside it)")
     p.add_argument("--allow_no_speech", action="store_true",
                    help="embed files in which no speech is detected instead of skipping them")
     add_model_arguments(p)
@@ -38,11 +41,14 @@ def _main(argv) -> int:
     trials = trials_from_folder(args.audio_dir) if args.audio_dir else trials_from_list(args.trials, args.audio_root)
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)
-    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm)
     report = evaluate_trials(encoder, trials, args.output_dir, args.plot_embeddings)
     interval = (f", 95 % interval {100 * report['eer_ci95'][0]:.1f}-{100 * report['eer_ci95'][1]:.1f} % over speakers"
                 if "eer_ci95" in report else "")
-    print(f"EER {100 * report['eer']:.2f} %{interval} (threshold {report['eer_threshold']:.4f}), "
+    raw = report.get("raw_cosine")
+    kind = (f" with AS-norm scores (raw cosine: EER {100 * raw['eer']:.2f} %, minDCF(0.01) {raw['min_dcf_0.01']:.4f})"
+            if raw else "")
+    print(f"EER {100 * report['eer']:.2f} %{interval}{kind} (threshold {report['eer_threshold']:.4f}), "
           f"minDCF(0.01) {report['min_dcf_0.01']:.4f}, minDCF(0.05) {report['min_dcf_0.05']:.4f}, "
           f"{report['num_target']} target / {report['num_nontarget']} non-target trials, "
           f"{report['num_files']} files ({report['skipped_files']} skipped); written to {args.output_dir}")

@@ -166,7 +166,8 @@ def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> t
 
     def augment(windows, labels, augment_seed):
         if config.spec_augment:
-            windows = spec_augment(augment_seed, windows)
+            windows = spec_augment(augment_seed, windows, config.spec_augment_time_mask,
+                                   config.spec_augment_freq_mask)
         return windows, labels
 
     steps = tf.data.Dataset.counter(first_step)
@@ -188,7 +189,13 @@ def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> t
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
-def spec_augment(seed, windows, max_time_mask: int = 20, max_freq_mask: int = 8):
+# The seed of a batch is (seed * STREAM_STRIDE + stream, step): a prime stride keeps the
+# input streams of distributed workers apart for any seed.
+STREAM_STRIDE = 1000003
+
+
+def spec_augment(seed, windows, max_time_mask: int = Config.spec_augment_time_mask,
+                 max_freq_mask: int = Config.spec_augment_freq_mask):
     """One time mask and one frequency mask per window (SpecAugment), set to 0,
     the mean of normalised features."""
     shape = tf.shape(windows, out_type=tf.int64)
@@ -218,7 +225,7 @@ def softmax_dataset(bank, config: Config, batch_size: int, seed: int, first_step
     sampler = window_sampler(bank, config.frames)
 
     def draw(step):
-        base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
+        base = tf.stack([tf.cast(seed, tf.int64) * STREAM_STRIDE + stream, step])
         s = tf.random.experimental.stateless_split(base, 4)
         speakers = sampler.random_speakers(s[0], batch_size)
         utterances = sampler.random_utterances(s[1], speakers)
@@ -240,7 +247,7 @@ def triplet_dataset(bank, config: Config, batch_size: int, seed: int, first_step
     pool = max(1, config.hard_pool_size)
 
     def draw(step):
-        base = tf.stack([tf.cast(seed, tf.int64) * 1000003 + stream, step])
+        base = tf.stack([tf.cast(seed, tf.int64) * STREAM_STRIDE + stream, step])
         s = tf.random.experimental.stateless_split(base, 10)
         anchors = sampler.random_speakers(s[0], batch_size)
         anchor_utt = sampler.random_utterances(s[1], anchors)

@@ -73,8 +73,10 @@ def shard_name(number: int) -> str:
 
 def inputs_signature(cache_dir: str | Path) -> str | None:
     """A digest of the training inputs the store is packed from (each pickle's
-    name and the stage-2 signature beside it, or its size and time when it has
-    none); None when there are no inputs."""
+    name, size and modification time, and the stage-2 signature beside it); None
+    when there are no inputs. A pickle replaced behind stage 2's back (its .sig
+    unchanged) makes the store stale, so training repacks it, and reading it
+    through the restricted unpickler refuses a planted one."""
     from deep_speaker.training_inputs import INPUTS_DIR, SIGNATURE_SUFFIX
 
     files = sorted((Path(cache_dir) / INPUTS_DIR).glob("*.pkl"))
@@ -85,9 +87,9 @@ def inputs_signature(cache_dir: str | Path) -> str | None:
         try:
             signature = path.with_name(path.name + SIGNATURE_SUFFIX).read_text().strip()
         except (OSError, ValueError):
-            stat = path.stat()
-            signature = f"{stat.st_size}:{stat.st_mtime_ns}"
-        digest.update(f"{path.name}:{signature};".encode())
+            signature = ""
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{signature};".encode())
     return digest.hexdigest()
 
 

@@ -415,7 +415,7 @@ def test_evaluate_audio_dir(vctk, checkpoints, tmp_path, capsys):
     assert metrics["num_files"] == files and metrics["skipped_files"] == 0
     assert metrics["num_target"] + metrics["num_nontarget"] == files * (files - 1) // 2
     lines = (output / "scores.tsv").read_text().splitlines()
-    assert lines[0] == "label\tscore\tfile1\tfile2" and len(lines) == 1 + files * (files - 1) // 2
+    assert lines[0] == "label\tscore\tcosine\tfile1\tfile2" and len(lines) == 1 + files * (files - 1) // 2
     for name in ("det_curve", "score_histograms", "similarity_matrix", "embeddings_2d"):
         _assert_png(output / f"{name}.png")
     low, high = metrics["eer_ci95"]  # speakers are the folders: a speaker-bootstrap interval
@@ -438,7 +438,8 @@ def test_evaluate_trials_file(wav, checkpoints, tmp_path, capsys):
     assert (metrics["num_target"], metrics["num_nontarget"], metrics["num_files"]) == (2, 2, 6)
     rows = [line.split("\t") for line in (output / "scores.tsv").read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["1", "0", "1", "0"]
-    assert rows[0][2:] == [str(wav / "p225" / "p225_001.wav"), str(wav / "p225" / "p225_002.wav")]
+    assert rows[0][3:] == [str(wav / "p225" / "p225_001.wav"), str(wav / "p225" / "p225_002.wav")]
+    assert rows[0][1] == rows[0][2]  # a model without a score cohort: the score is the cosine
     for name in ("det_curve", "score_histograms", "similarity_matrix"):
         _assert_png(output / f"{name}.png")
     assert not (output / "embeddings_2d.png").exists()

@@ -59,7 +59,9 @@ def call(main, capsys, *argv) -> tuple[int, str, str]:
 
 
 def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    """The one line of an expected error; progress bars drawn before it (a stage
+    that failed part-way, e.g. packing the feature store) are not error lines."""
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and "%|" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert "Traceback" not in err
     return lines[0]

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_write, atomic_write_text, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ _INDEX_DTYPES = {"speaker": np.int32, "part": np.int8, "position": np.int32, "sh
                  "offset": np.int64, "length": np.int64}
 
 
-class StoreError(ValueError):
+class StoreError(InputError):
     """A feature store that cannot be used (incomplete, damaged, other settings)."""
 
 

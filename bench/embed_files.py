@@ -7,8 +7,10 @@ loaded model, in one run; prints the ratio (goal >= 1.5x on 2 cores).
 Also prints the profile of the one-at-a-time run: seconds (wall and CPU) spent
 preparing files (decode, resample, trim, features, speech check) and in the
 model. On otherwise idle cores perfect overlap gives at most (prepare + model) /
-max(prepare, model), so when the model's share is large that bound, not the
-pool, limits the ratio. On a machine busy with other jobs (ours runs a training
+max(prepare, model), and never more than cores x wall / CPU seconds of the
+one-at-a-time loop: when that loop already keeps every core busy (the model's
+two TensorFlow threads, numpy and soxr in the preparation), there is no idle
+core for the pool to fill, and that bound, not the pool, limits the ratio. On a machine busy with other jobs (ours runs a training
 job on both cores) a process with more runnable threads also gets a larger share
 of the CPUs, which the ratio includes; the CPU seconds show how much work each
 way did.
@@ -92,7 +94,9 @@ def main() -> None:
           f"profile of the same loop: prepare {prepare_s:.1f} s ({prepare_cpu:.1f} CPU s), model {model_s:.1f} s "
           f"({model_cpu:.1f} CPU s); on otherwise idle cores, perfect overlap would give at most "
           f"{(prepare_s + model_s) / max(prepare_s, model_s):.2f}x (by wall time), "
-          f"{(prepare_cpu + model_cpu) / max(prepare_cpu, model_cpu):.2f}x (by CPU time)", flush=True)
+          f"{(prepare_cpu + model_cpu) / max(prepare_cpu, model_cpu):.2f}x (by CPU time); the loop already keeps "
+          f"{plain_cpu / plain_s:.2f} of {os.cpu_count()} cores busy, so no overlap can beat "
+          f"{os.cpu_count() * plain_s / plain_cpu:.2f}x here (cores x wall / CPU s)", flush=True)
 
     import numpy as np
 

@@ -233,7 +233,10 @@ def test_two_runs_started_at_once_take_turns(reference, corpus, tmp_path):
     logs = [(tmp_path / f"run{i}.log").read_text() for i in range(2)]
     waited = [f"waiting for another run on {cache} to finish: pid {runs[1 - i].pid} on " in logs[i]
               for i in range(2)]
-    assert sorted(waited) == [False, True], logs  # exactly one waited, for the other
+    # At most one waited, for the other (when one run finishes before the other reaches the
+    # lock, neither waits: the start-up times decide; the lock's waiting itself is pinned
+    # deterministically by the next test). Never both: that would be a deadlock.
+    assert sorted(waited) in ([False, True], [False, False]), logs
     assert_same_as_reference(cache, reference, "after two concurrent runs")
     assert leftovers(cache) == []
 

@@ -401,7 +401,26 @@ class FeatureStore:
                          labels[rows].astype(np.int32), classes)
 
 
-class StoreBank:
+class BankIndex:
+    """What a bank of utterances derives from its sorted `labels` (int, one per
+    utterance), `lengths` and `speakers`: speaker k owns utterances
+    first_utterance[k] .. first_utterance[k] + utterance_count[k] - 1. Shared by the
+    in-RAM `inputs.UtteranceBank` and the on-disk `StoreBank`."""
+
+    @property
+    def first_utterance(self) -> np.ndarray:
+        return np.searchsorted(self.labels, np.arange(len(self.speakers))).astype(np.int64)
+
+    @property
+    def utterance_count(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=len(self.speakers)).astype(np.int64)
+
+    @property
+    def num_utterances(self) -> int:
+        return len(self.lengths)
+
+
+class StoreBank(BankIndex):
     """Utterances of a FeatureStore with their labels, read from disk on demand.
 
     Same attributes as `inputs.UtteranceBank` except `frames`: shard, offsets
@@ -421,17 +440,6 @@ class StoreBank:
         self._opening = threading.Lock()  # tf.data calls the reader from several threads
         self._samplers: dict = {}
 
-    @property
-    def first_utterance(self) -> np.ndarray:
-        return np.searchsorted(self.labels, np.arange(len(self.speakers))).astype(np.int64)
-
-    @property
-    def utterance_count(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.speakers)).astype(np.int64)
-
-    @property
-    def num_utterances(self) -> int:
-        return len(self.lengths)
 
     @property
     def shards_used(self) -> list[int]:

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from deep_speaker.config import Config
+from deep_speaker.feature_store import BankIndex
 
 
 @dataclass
-class UtteranceBank:
+class UtteranceBank(BankIndex):
     """Utterances of several speakers, stored flat.
 
     frames: (total_frames, num_fbanks) float32; offsets/lengths: (num_utterances,)
@@ -33,18 +34,6 @@ class UtteranceBank:
     lengths: np.ndarray
     labels: np.ndarray
     speakers: list[str]
-
-    @property
-    def first_utterance(self) -> np.ndarray:
-        return np.searchsorted(self.labels, np.arange(len(self.speakers))).astype(np.int64)
-
-    @property
-    def utterance_count(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=len(self.speakers)).astype(np.int64)
-
-    @property
-    def num_utterances(self) -> int:
-        return len(self.lengths)
 
     def crops(self, utterances: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """(n, k, num_fbanks) float32: row rows[i, j] (within the utterance) of utterance utterances[i]."""

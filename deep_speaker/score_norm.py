@@ -23,6 +23,7 @@ import numpy as np
 
 from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_save_npz
+from deep_speaker.metrics import unit_rows
 
 COHORT_FILE = "score_cohort.npz"  # beside the model's .keras file
 DEFAULT_TOP_K = 200  # cohort scores that describe one side (WeSpeaker's 300 for thousands of speakers)
@@ -76,7 +77,8 @@ class ScoreNormalizer:
                      second: np.ndarray) -> np.ndarray:
         """Normalised scores of trials (embeddings_a[first[t]], embeddings_b[second[t]])."""
         mean_a, std_a = self.side_statistics(embeddings_a)
-        mean_b, std_b = self.side_statistics(embeddings_b)
+        # All pairs of one set of files (evaluate.py): its cohort scores once, not twice.
+        mean_b, std_b = (mean_a, std_a) if embeddings_b is embeddings_a else self.side_statistics(embeddings_b)
         raw = np.einsum("td,td->t", embeddings_a[first], embeddings_b[second])
         return self.normalize(raw, (mean_a[first], std_a[first]), (mean_b[second], std_b[second]))
 
@@ -117,8 +119,7 @@ def speaker_means(embeddings: np.ndarray, speakers: list[str]) -> tuple[np.ndarr
     index = {name: k for k, name in enumerate(names)}
     sums = np.zeros((len(names), np.shape(embeddings)[1]), np.float64)
     np.add.at(sums, [index[s] for s in speakers], embeddings)
-    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return sums.astype(np.float32), names
+    return unit_rows(sums).astype(np.float32), names
 
 
 def cohort_files(audio_dirs, exclude_speakers=(), per_speaker: int = 3, seed: int = 0) -> list[tuple[str, str]]:

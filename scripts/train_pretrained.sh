@@ -17,13 +17,14 @@ python scripts/preprocess.py --regenerate_full_cache --multi_threading --cache_o
   --audio_dir "$DATA/wuw2" --audio_dir "$DATA/arabic-speech-commands"
 python scripts/preprocess.py --generate_training_inputs --multi_threading --cache_output_dir "$WORK/cache" \
   --unseen_speakers "$HELDOUT" --speed_perturb 0.9,1.1
-COMMON=(--cache_output_dir "$WORK/cache" --checkpoint_dir "$WORK/checkpoints" --width 0.25 --seed 7
-        --perturbed_speakers classes --batch_norm_momentum 0.99)
-python scripts/train_cli.py --loss_on_softmax --head amsoftmax --spec_augment --lr_schedule cosine \
-  --am_margin_warmup_epochs 10 \
-  --epochs ${SOFTMAX_EPOCHS:-80} --steps_per_epoch 100 --batch_size 64 --lr 0.002 "${COMMON[@]}"
-python scripts/train_cli.py --loss_on_embeddings --normalize_embeddings --head amsoftmax --spec_augment \
-  --epochs ${TRIPLET_EPOCHS:-5} --steps_per_epoch 50 --batch_size 32 --lr 0.0001 "${COMMON[@]}"
+# The training settings of each stage are in scripts/recipes/pretrained_{softmax,triplet}.json
+# (train_cli.py --config; a flag given on the command line wins over the file):
+# SOFTMAX_EPOCHS / TRIPLET_EPOCHS replace their 80 / 5 epochs.
+COMMON=(--cache_output_dir "$WORK/cache" --checkpoint_dir "$WORK/checkpoints")
+python scripts/train_cli.py --loss_on_softmax --config scripts/recipes/pretrained_softmax.json \
+  ${SOFTMAX_EPOCHS:+--epochs "$SOFTMAX_EPOCHS"} "${COMMON[@]}"
+python scripts/train_cli.py --loss_on_embeddings --normalize_embeddings --config scripts/recipes/pretrained_triplet.json \
+  ${TRIPLET_EPOCHS:+--epochs "$TRIPLET_EPOCHS"} "${COMMON[@]}"
 # The shipped files: copy $WORK/pretrained/* into deep_speaker/pretrained/ to replace the model. The score
 # cohort (AS-norm) is the mean embedding of every training speaker, from 3 of its files.
 python scripts/export_model.py --checkpoint "$WORK/checkpoints/triplet/best.keras" --output_dir "$WORK/pretrained" \

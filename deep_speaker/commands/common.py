@@ -83,20 +83,6 @@ def comma_list(text: str) -> list[str]:
     return items
 
 
-def comma_floats(text: str) -> list[float]:
-    """'0.9,1.1' -> [0.9, 1.1], each between 0.5 and 2."""
-    values = []
-    for item in comma_list(text):
-        try:
-            value = float(item)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{item!r} is not a number") from None
-        if not 0.5 <= value <= 2.0:
-            raise argparse.ArgumentTypeError(f"{item!r}: speed factors must lie in 0.5-2")
-        values.append(value)
-    return values
-
-
 def _int_at_least(text: str, low: int) -> int:
     try:
         value = int(text)

@@ -5,9 +5,12 @@ import argparse
 import contextlib
 import math
 
-from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, checked_config, comma_floats,
-                                          comma_list, non_negative_int, parser, positive_float, positive_int, run,
-                                          setup_logging)
+from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
+                                          positive_float, positive_int, run, setup_logging)
+from deep_speaker.commands.config_flags import add_config_flags, config_from_args
+
+# The Config fields preprocess.py takes from flags (default, help and bounds from Config).
+CONFIG_FLAGS = ("trim", "speed_perturbations", "augment_copies")
 
 
 def build_parser():
@@ -30,18 +33,15 @@ def build_parser():
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="cache only the I-th of N deterministic shards of the files (cluster job arrays)")
     p.add_argument("--mic", type=int, choices=(1, 2), default=1, help="VCTK 0.92 microphone")
-    p.add_argument("--trim", choices=("percentile", "energy"), default=None,
-                   help="silence trim of the audio cache: the seed's 95th-percentile rule, or frame energy like "
-                        "librosa (default: the rule the cache records, percentile for a new cache); recorded in "
-                        "the cache, and from there in the training inputs and the model's config.json")
+    add_config_flags(p, ("trim",), helps={
+        "trim": "silence trim of the audio cache: the seed's 95th-percentile rule, or frame energy like librosa "
+                "(default: the rule the cache records, percentile for a new cache); recorded in the cache, and from "
+                "there in the training inputs and the model's config.json"})
     p.add_argument("--unseen_speakers", type=comma_list, default=None, metavar="A,B,...",
                    help="speakers left out of the training inputs (default: p363,p364,p374,p376 for VCTK, "
                         "none for other corpora)")
-    p.add_argument("--speed_perturb", type=comma_floats, default=[], metavar="F1,F2",
-                   help="training inputs: add speed-perturbed pseudo-speakers <speaker>-sp<F>, e.g. 0.9,1.1")
-    p.add_argument("--augment_copies", type=non_negative_int, default=0, metavar="N",
-                   help="training inputs: add N noisy/reverberant/band-limited copies of each speaker's training "
-                        "utterances (<speaker>-aug<K>, merged back into the speaker by training)")
+    add_config_flags(p, ("speed_perturbations", "augment_copies"), flag_names={"speed_perturbations": "speed_perturb"},
+                     metavars={"speed_perturbations": "F1,F2", "augment_copies": "N"})
     p.add_argument("--lock_timeout", type=non_negative_float, default=None, metavar="SECONDS",
                    help="when another run is working on the same cache folder, give up after this many seconds "
                         "(default: wait until it finishes; --shard runs of one job array do not wait for each other)")
@@ -77,9 +77,7 @@ def _main(argv) -> int:
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
 
-    config = Config().override(speed_perturbations=args.speed_perturb, augment_copies=args.augment_copies,
-                               **_trim_of(args))
-    checked_config(config)
+    config = config_from_args(args, CONFIG_FLAGS, base=Config().override(**_trim_of(args)))
     workers = args.workers or (default_workers() if args.multi_threading else 1)
     shard = parse_shard(args.shard) if args.shard else None
     if shard and args.generate_training_inputs:

@@ -1,11 +1,18 @@
 """train_cli.py: the seed's three training commands."""
 from __future__ import annotations
 
-from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, checked_config,
-                                          non_negative_int, parser, positive_float, positive_int, run, setup_logging)
+from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
+                                          positive_float, positive_int, run, setup_logging)
+from deep_speaker.commands.config_flags import add_config_flags, config_from_args, training_settings_from_file
 from deep_speaker.config import Config
 
-DEFAULTS = Config()
+# The Config fields training takes from flags (deep_speaker.commands.config_flags: name,
+# default, help and bounds come from Config); --config FILE sets these and any other field.
+TRAINING_FLAGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "lr_schedule", "weight_decay", "width",
+                  "embedding_dim", "batch_norm_momentum", "frames", "head", "am_scale", "am_margin",
+                  "am_margin_warmup_epochs", "triplet_margin", "negatives", "hard_pool_size", "hard_refresh_steps",
+                  "spec_augment", "spec_augment_time_mask", "spec_augment_freq_mask", "perturbed_speakers",
+                  "eval_utterances", "eval_frames", "seed")
 
 
 def build_parser():
@@ -21,31 +28,12 @@ def build_parser():
                    help="with --loss_on_softmax: train only a new softmax head on the frozen triplet embeddings")
     p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="cache holding inputs/")
     p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="one sub-folder per stage")
-    p.add_argument("--epochs", type=positive_int, default=DEFAULTS.epochs, help="epochs of this stage")
-    p.add_argument("--steps_per_epoch", type=positive_int, default=DEFAULTS.steps_per_epoch, help="steps per epoch")
-    p.add_argument("--batch_size", type=positive_int, default=DEFAULTS.batch_size,
-                   help="windows per step (softmax) or triplets per step (embeddings), over all replicas")
-    p.add_argument("--lr", type=positive_float, default=DEFAULTS.lr, help="Adam learning rate")
-    p.add_argument("--lr_schedule", choices=("constant", "cosine"), default=DEFAULTS.lr_schedule,
-                   help="learning-rate schedule over the stage")
-    p.add_argument("--width", type=positive_float, default=DEFAULTS.width,
-                   help="filter-count multiplier: 1.0 = paper (~24 M parameters), 0.125 for laptops and tests")
-    p.add_argument("--frames", type=positive_int, default=DEFAULTS.frames, help="training window length (10 ms frames)")
-    p.add_argument("--head", choices=("softmax", "amsoftmax"), default=DEFAULTS.head,
-                   help="speaker head of softmax stages: plain softmax (seed) or additive-margin cosine softmax")
-    p.add_argument("--am_margin_warmup_epochs", type=non_negative_int, default=DEFAULTS.am_margin_warmup_epochs,
-                   help="--head amsoftmax: epochs over which the margin grows from 0 to its full value")
-    p.add_argument("--triplet_margin", type=positive_float, default=DEFAULTS.triplet_margin,
-                   help="alpha of the cosine triplet loss")
-    p.add_argument("--negatives", choices=("hard", "random"), default=DEFAULTS.negatives,
-                   help="triplet negatives: most similar of a random pool of speakers, or random (seed)")
-    p.add_argument("--spec_augment", action="store_true", help="time and frequency masking of training windows")
-    p.add_argument("--perturbed_speakers", choices=("classes", "augment"), default=DEFAULTS.perturbed_speakers,
-                   help="speed-perturbed copies <speaker>-sp<f> in the inputs: speakers of their own (classes) "
-                        "or more training data of their speaker (augment)")
-    p.add_argument("--batch_norm_momentum", type=float, default=DEFAULTS.batch_norm_momentum,
-                   help="weight of the old value in batch norm's moving statistics (0..0.9999)")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of initialisation and batches")
+    settings = p.add_argument_group("training settings (a flag given here wins over --config FILE)")
+    settings.add_argument("--config", metavar="FILE", default=None,
+                          help="JSON object of Config fields to train with: a recipe (scripts/recipes/*.json) or a "
+                               "checkpoint's config.json, to train again with its settings (its data settings, "
+                               "decided by preprocess.py, and its bookkeeping are skipped) (default: none)")
+    add_config_flags(settings, TRAINING_FLAGS)
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                    help="tf.distribute strategy: one device, all local GPUs, or workers over TF_CONFIG")
     p.add_argument("--input_pipeline", choices=("store", "memory"), default="store",
@@ -71,6 +59,13 @@ def main(argv=None) -> int:
     return run(_main, argv)
 
 
+def training_config(args) -> Config:
+    """The Config a parsed command line trains with: Config's defaults, then the
+    fields of --config FILE, then the settings flags given on the command line."""
+    base = Config().override(**training_settings_from_file(args.config)) if args.config else Config()
+    return config_from_args(args, TRAINING_FLAGS, base)
+
+
 def _main(argv) -> int:
     p = build_parser()
     args = p.parse_args(argv)
@@ -82,17 +77,11 @@ def _main(argv) -> int:
     else:
         stage = "softmax_frozen" if args.freeze_embedding_weights else "softmax"
 
+    config = training_config(args)  # a bad setting or --config file is reported before TensorFlow is imported
+    if stage == "triplet" and config.batch_size > 1024:
+        raise CommandError("--batch_size of triplets above 1024")
     from deep_speaker.training import TrainingError, train_stage
 
-    config = DEFAULTS.override(epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                               lr=args.lr, lr_schedule=args.lr_schedule, width=args.width, frames=args.frames,
-                               head=args.head, triplet_margin=args.triplet_margin, negatives=args.negatives,
-                               spec_augment=args.spec_augment, perturbed_speakers=args.perturbed_speakers,
-                               am_margin_warmup_epochs=args.am_margin_warmup_epochs,
-                               batch_norm_momentum=args.batch_norm_momentum, seed=args.seed)
-    checked_config(config)
-    if stage == "triplet" and args.batch_size * 3 > 3 * 1024:
-        raise CommandError("--batch_size of triplets above 1024")
     try:
         result = train_stage(stage, config, args.cache_output_dir, args.checkpoint_dir,
                              strategy_name=args.strategy, restart=args.restart, input_pipeline=args.input_pipeline,

@@ -194,7 +194,8 @@ def main(argv=None) -> int:
         p.error(f"audio folder not found: {', '.join(audio_dirs)}")
 
     from deep_speaker.audio_cache import build_audio_cache
-    from deep_speaker.scoring import cached_features, cached_speakers, resolve_model
+    from deep_speaker.checkpoints import resolve_model
+    from deep_speaker.scoring import cached_features, cached_speakers
 
     print(machine_facts(), flush=True)
     work = Path(tempfile.mkdtemp(prefix="bench_score_"))

@@ -117,7 +117,12 @@ def timed(step, steps: int) -> float:
 
 def training_benchmark(args) -> None:
     bank = real_bank(args.cache) if args.cache else synthetic_bank(args.speakers, args.utterances, 64, args.seed)
-    hours = len(bank.frames) / 360000
+    frame_shift_ms = Config().frame_shift_ms  # synthetic frames: the default features'
+    if args.cache:
+        from deep_speaker.training_inputs import read_inputs_settings
+
+        frame_shift_ms = (read_inputs_settings(args.cache) or {}).get("frame_shift_ms", frame_shift_ms)
+    hours = len(bank.frames) * frame_shift_ms / 3_600_000
     print(f"bank: {len(bank.speakers)} speakers, {bank.num_utterances} utterances, {hours:.2f} h "
           f"({'cache ' + args.cache if args.cache else 'synthetic'})")
     trainer = make_trainer(args, bank)

@@ -27,6 +27,7 @@ import numpy as np
 
 from deep_speaker.audio import (MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ, AudioError, TrimmedAudio, load_utterance,
                                 resample, trim_utterance)
+from deep_speaker.checkpoints import ResolvedModel, resolve_model
 from deep_speaker.commands.common import SCORING_ENVIRONMENT
 from deep_speaker.config import Config
 from deep_speaker.features import utterance_features
@@ -36,8 +37,7 @@ from deep_speaker.long_audio import (LONG_RECORDING_S, SEGMENT_S, is_long_record
                                      waveform_segments)
 from deep_speaker.parallel import default_workers
 from deep_speaker.score_norm import ScoreNormalizer, cohort_beside
-from deep_speaker.scoring import (MIN_SCORING_FRAMES, Embedder, ResolvedModel, ScoringError, min_scoring_speech_ms,
-                                  resolve_model, speaker_embedding)
+from deep_speaker.scoring import MIN_SCORING_FRAMES, Embedder, ScoringError, min_scoring_speech_ms, speaker_embedding
 from deep_speaker.speech import detect_speech
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from deep_speaker.scoring import Embedder, ResolvedModel
+from deep_speaker.checkpoints import CONFIG_FILE, EMBEDDING_FILE, ResolvedModel, load_embedding_model
 
 
 def export_model(resolved: ResolvedModel, output_dir: str | Path, saved_model: bool = True) -> list[Path]:
@@ -21,12 +21,12 @@ def export_model(resolved: ResolvedModel, output_dir: str | Path, saved_model: b
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    model = Embedder(resolved).model
-    keras_path = output_dir / "embedding.keras"
+    model = load_embedding_model(resolved)
+    keras_path = output_dir / EMBEDDING_FILE
     tmp = output_dir / ".embedding.tmp.keras"
     model.save(tmp)
     tmp.replace(keras_path)
-    config_path = output_dir / "config.json"
+    config_path = output_dir / CONFIG_FILE
     resolved.config.save(config_path)
     written = [keras_path, config_path]
     if saved_model:

@@ -103,15 +103,24 @@ class PackSummary:
     utterances: int
     frames: int
     shards: int
+    frame_shift_ms: float  # of the features it holds: one frame per shift of audio
     resumed_from_shard: int = 0
+
+    @property
+    def hours(self) -> float:
+        """Hours of (trimmed) audio the frames cover.
+
+        >>> PackSummary(True, 1, 1, 360_000, 1, 10.0).hours, PackSummary(True, 1, 1, 360_000, 1, 20.0).hours
+        (1.0, 2.0)
+        """
+        return self.frames * self.frame_shift_ms / 3_600_000
 
     def line(self) -> str:
         if not self.packed:
-            return f"feature store: up to date ({self.speakers} speakers, {self.frames / 360000:.2f} h, " \
-                   f"{self.shards} shards)"
+            return f"feature store: up to date ({self.speakers} speakers, {self.hours:.2f} h, {self.shards} shards)"
         resumed = f", resumed after shard {self.resumed_from_shard}" if self.resumed_from_shard else ""
         return (f"feature store: packed {self.speakers} speakers, {self.utterances} utterances, "
-                f"{self.frames / 360000:.2f} h into {self.shards} float16 shards{resumed}")
+                f"{self.hours:.2f} h into {self.shards} float16 shards{resumed}")
 
 
 def store_is_current(cache_dir: str | Path, signature: str | None = None) -> bool:
@@ -154,7 +163,7 @@ def pack_store(cache_dir: str | Path, config, *, max_shard_mb: float = DEFAULT_S
 def _summary_of(cache_dir: Path, packed: bool) -> PackSummary:
     manifest = json.loads((store_dir(cache_dir) / MANIFEST).read_text())
     return PackSummary(packed, len(manifest["speakers"]), manifest["utterances"], manifest["frames"],
-                       len(manifest["shards"]))
+                       len(manifest["shards"]), manifest["feature_settings"]["frame_shift_ms"])
 
 
 class _ShardWriter:
@@ -274,7 +283,8 @@ def _pack_locked(cache_dir: Path, config, signature: str, max_bytes: int, progre
                 "utterances": int(len(index["length"])), "frames": int(index["length"].sum())}
     atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
     (folder / JOURNAL).unlink(missing_ok=True)
-    return PackSummary(True, len(speakers), manifest["utterances"], manifest["frames"], len(shards), resumed_from)
+    return PackSummary(True, len(speakers), manifest["utterances"], manifest["frames"], len(shards),
+                       config.frame_shift_ms, resumed_from)
 
 
 def _scalar_fields(inputs: dict) -> dict:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from deep_speaker.checkpoints import CheckpointError
 from deep_speaker.config import Config
-from deep_speaker.errors import InputError
 
 EMBEDDING_LAYER = "embedding"  # the unit-norm output
 AFFINE_LAYER = "affine"  # the 512-d affine output before normalisation
@@ -177,10 +177,6 @@ def triplet_loss(anchor, positive, negative, margin: float):
     similarity_positive = keras.ops.sum(anchor * positive, axis=-1)
     similarity_negative = keras.ops.sum(anchor * negative, axis=-1)
     return keras.ops.maximum(similarity_negative - similarity_positive + margin, 0.0)
-
-
-class CheckpointError(InputError):
-    """A model file that is missing or cannot be loaded safely."""
 
 
 def load_checkpoint(path) -> keras.Model:

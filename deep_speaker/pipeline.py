@@ -117,9 +117,9 @@ def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, downloa
           "triplet training")
 
     _score(report, plan, cache, output_dir, checkpoint_dir=checkpoints, label="trained here")
-    from deep_speaker.scoring import PRETRAINED_DIR
+    from deep_speaker.checkpoints import pretrained_model
 
-    pretrained = PRETRAINED_DIR / "embedding.keras"
+    pretrained = pretrained_model()
     if pretrained.is_file():
         _score(report, plan, cache, output_dir, checkpoint=pretrained, label="pretrained")
     else:
@@ -141,7 +141,8 @@ def _score(report: PipelineReport, plan: PipelinePlan, cache: Path, output_dir: 
     from deep_speaker.evaluation import Trials, evaluate_trials
     from deep_speaker.metrics import all_pairs_trials
     from deep_speaker.encoder import SpeakerEncoder
-    from deep_speaker.scoring import compare_speakers, embed_cached_speaker, resolve_model
+    from deep_speaker.checkpoints import resolve_model
+    from deep_speaker.scoring import compare_speakers, embed_cached_speaker
 
     resolved = resolve_model(checkpoint, checkpoint_dir)
     embedder = SpeakerEncoder(resolved.path)  # the API every scoring command is built on

@@ -1,4 +1,4 @@
-"""Scoring: which model, embeddings of files and cached speakers, SAN/SAP.
+"""Scoring: embeddings of files and cached speakers, SAN/SAP (which model: `deep_speaker.checkpoints`).
 
 The features a model sees at scoring time are made exactly as in training:
 decode -> resample -> trim (audio stage) -> log fbank -> per-utterance CMVN
@@ -16,6 +16,7 @@ import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
+from deep_speaker.checkpoints import ResolvedModel, load_embedding_model
 from deep_speaker.config import SCORING_SEED, Config
 from deep_speaker.errors import InputError
 from deep_speaker.features import utterance_features
@@ -23,8 +24,6 @@ from deep_speaker.metrics import cosine_distance
 
 log = logging.getLogger(__name__)
 
-PRETRAINED_DIR = Path(__file__).parent / "pretrained"
-MODEL_FILE = "best.keras"
 MIN_SCORING_FRAMES = 10  # 115 ms of voice at 25/10 ms framing; fewer frames leave the model nothing to average
 
 
@@ -43,69 +42,18 @@ class ScoringError(InputError):
     """A scoring request that cannot be served; the message says why and what to do."""
 
 
-@dataclass
-class ResolvedModel:
-    path: Path
-    config: Config
-    origin: str  # "checkpoint", "triplet checkpoint", "pretrained", ...
-
-    def line(self) -> str:
-        return f"model: {self.path} ({self.origin}, width {self.config.width})"
-
-
-def resolve_model(checkpoint: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> ResolvedModel:
-    """--checkpoint FILE, else the best triplet checkpoint of --checkpoint_dir
-    (then its softmax stages), else the pretrained model in the package."""
-    tried = []
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir():
-            raise ScoringError(f"{path}: is a directory, not a checkpoint file (pass its best.keras, or the folder "
-                               f"above its stages as --checkpoint_dir)")
-        if not path.is_file():
-            raise ScoringError(f"{path}: checkpoint not found")
-        return ResolvedModel(path, _config_beside(path), "--checkpoint")
-    candidates = []
-    if checkpoint_dir is not None:
-        for stage in ("triplet", "softmax_frozen", "softmax"):
-            candidates.append((Path(checkpoint_dir) / stage / MODEL_FILE, f"best {stage} checkpoint"))
-    candidates.append((PRETRAINED_DIR / "embedding.keras", "pretrained model shipped with deep-speaker"))
-    for path, origin in candidates:
-        tried.append(str(path))
-        if path.is_file():
-            return ResolvedModel(path, _config_beside(path), origin)
-    raise ScoringError(f"no model found (tried {', '.join(tried)}); train one with "
-                       f"train_cli.py --loss_on_softmax then --loss_on_embeddings, or pass --checkpoint FILE")
-
-
-def _config_beside(model_path: Path) -> Config:
-    config_path = model_path.parent / "config.json"
-    if not config_path.is_file():
-        raise ScoringError(f"{config_path}: missing; every model needs the config.json it was trained with")
-    return Config.load(config_path)
-
-
 class Embedder:
-    """Whole-utterance embeddings from a resolved model: (num_frames, num_fbanks) -> (embedding_dim,)."""
+    """Whole-utterance embeddings from a resolved model (`deep_speaker.checkpoints.resolve_model`):
+    (num_frames, num_fbanks) -> (embedding_dim,)."""
 
     def __init__(self, resolved: ResolvedModel):
         import tensorflow as tf
 
         from deep_speaker.inference import fold_rescnn
-        from deep_speaker.model import embedding_part, load_checkpoint
 
         self.resolved = resolved
         self.config = resolved.config
-        model = load_checkpoint(resolved.path)
-        if isinstance(model.output, (list, tuple)) or len(model.outputs) > 1:
-            model = embedding_part(model)
-        expected = (None, None, self.config.num_fbanks, 1)
-        shape = tuple(model.input.shape) if not isinstance(model.input, (list, tuple)) else None
-        if shape is None or len(shape) != 4 or shape[2:] != expected[2:] or len(model.output.shape) != 2:
-            raise ScoringError(f"{resolved.path}: model takes input {shape} and gives {tuple(model.output.shape)}, "
-                               f"but its config.json describes {self.config.num_fbanks} filterbanks "
-                               f"(input {expected}); not a deep-speaker embedding model with this config")
-        self.model = model
+        model = self.model = load_embedding_model(resolved)
         self.embedding_dim = int(model.output.shape[-1])
         # The ResCNN runs folded and eager (no trace, no Keras overhead); any other
         # model through one tf.function for every utterance length (no retracing per file).

@@ -10,8 +10,9 @@ One `tf.function` step run with `strategy.run` serves the default, mirrored
 and multi-worker strategies alike (Keras `fit` fails under
 MultiWorkerMirroredStrategy with TF 2.21 / Keras 3.15).
 
-Each stage writes to ``<checkpoint_dir>/<stage>/``: ``last.keras`` (+ optimizer
-state) after every epoch, ``best.keras``, ``config.json`` (the Config, speakers
+Each stage writes to ``<checkpoint_dir>/<stage>/`` (the layout, the stage order and
+the state file: `deep_speaker.checkpoints`): ``last.keras`` (+ optimizer state)
+after every epoch, ``best.keras``, ``config.json`` (the Config, speakers
 included), ``state.json``, ``history.csv``, ``training_curves.png`` and
 ``tensorboard/``. Rerunning a killed stage resumes after its last epoch.
 """
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -32,6 +32,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from deep_speaker.checkpoints import (EARLIER_STAGE, STAGES, CheckpointError, ResolvedModel, StageFolder,
+                                      load_embedding_model)
 from deep_speaker.config import CONFIG_VERSION, DATA_FIELDS, FEATURE_FIELDS, Config
 from deep_speaker.errors import InputError
 from deep_speaker.inputs import (UtteranceBank, evaluation_windows, make_bank, softmax_dataset, triplet_dataset,
@@ -46,10 +48,16 @@ from deep_speaker.training_inputs import (inputs_data_settings, load_inputs, mer
 
 log = logging.getLogger(__name__)
 
-STAGES = ("softmax", "triplet", "softmax_frozen")
 STRATEGIES = ("default", "mirrored", "multiworker")
 INPUT_PIPELINES = ("store", "memory")  # the on-disk feature store (default), or every frame in RAM (the seed's way)
 DEFAULT_LOG_EVERY = 20  # steps between reads of the device-side loss for the progress bar
+# Windows per predict() call outside the training step (memory, not results): the
+# hard-negative refresh embeds 2 windows of `frames` per speaker, the per-epoch
+# evaluation `eval_utterances` crops of `eval_frames`.
+MINING_PREDICT_BATCH = 256
+EVAL_PREDICT_BATCH = 64
+# The command that trains each stage a later one starts from (for the error naming it).
+STAGE_COMMANDS = {"softmax": "--loss_on_softmax", "triplet": "--loss_on_embeddings --normalize_embeddings"}
 # Fields a resumed or next stage must share with the checkpoint it starts from.
 ARCHITECTURE_FIELDS = ("model_name", "width", "embedding_dim", "num_fbanks", "clipped_relu_max")
 
@@ -95,55 +103,6 @@ def _worker_identity(strategy) -> tuple[bool, int]:
     return is_chief, task_id
 
 
-class StageFolder:
-    """Files of one stage's checkpoint folder."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.last = path / "last.keras"
-        self.last_optimizer = path / "last_optimizer.npz"
-        self.best = path / "best.keras"
-        self.config = path / "config.json"
-        self.state = path / "state.json"
-        self.history = path / "history.csv"
-        self.curves = path / "training_curves.png"
-        self.tensorboard = path / "tensorboard"
-
-    def read_state(self) -> dict | None:
-        if not self.state.exists():
-            return None
-        try:
-            state = json.loads(self.state.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON or bad UTF-8
-            raise TrainingError(f"{self.state}: corrupt state file ({type(error).__name__}: {error}); "
-                                f"rerun with --restart") from None
-        epoch = state.get("epoch") if isinstance(state, dict) else None
-        best = state.get("best", {}) if isinstance(state, dict) else None
-        if (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0 or not isinstance(best, dict)
-                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in best.values())):
-            raise TrainingError(f"{self.state}: not a training state file; rerun with --restart")
-        return state
-
-    def write_state(self, state: dict) -> None:
-        atomic_write_text(self.state, json.dumps(state, indent=2, sort_keys=True))
-
-    def uncommitted(self, epoch: int) -> dict[Path, Path]:
-        """Checkpoint files of `epoch` written before state.json records it,
-        each with the name it takes once it does."""
-        return {self.path / f".uncommitted.epoch{epoch}.{final.name}": final
-                for final in (self.last, self.last_optimizer, self.best)}
-
-    def commit(self, epoch: int) -> None:
-        """Give the files of `epoch` (the one state.json records) their final
-        names and drop those of any later epoch, so a run killed after writing
-        an epoch's files but before recording it resumes from the recorded one."""
-        for uncommitted, final in self.uncommitted(epoch).items():
-            if uncommitted.exists():
-                os.replace(uncommitted, final)
-        for stale in self.path.glob(".uncommitted.epoch*"):
-            stale.unlink(missing_ok=True)
-
-
 def _check_architecture(config: Config, saved: Config, source: Path) -> None:
     different = [f for f in ARCHITECTURE_FIELDS if getattr(config, f) != getattr(saved, f)]
     if different:
@@ -182,9 +141,6 @@ def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) ->
         raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
                             f"regenerate the inputs")
     return config.override(**recorded)
-
-
-EARLIER_STAGE = {"triplet": "softmax", "softmax_frozen": "triplet"}  # the stage each one starts from
 
 
 def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, checkpoint_dir: Path,
@@ -226,7 +182,7 @@ def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[di
     """Settings of the stages `stage` starts from, oldest first; refuses a
     previous stage trained on data made with other settings."""
     previous = EARLIER_STAGE.get(stage)
-    path = checkpoint_dir / previous / "config.json" if previous else None
+    path = StageFolder.of(checkpoint_dir, previous).config if previous else None
     if path is None or not path.is_file():
         return []
     before = Config.load(path)
@@ -268,12 +224,15 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
                  log_every, store_shard_mb) -> StageResult:
     strategy = make_strategy(strategy_name)
     is_chief, task_id = _worker_identity(strategy)
-    folder = StageFolder(checkpoint_dir / stage if is_chief else checkpoint_dir / stage / "workers" / str(task_id))
+    folder = StageFolder.of(checkpoint_dir, stage, worker=None if is_chief else task_id)
     if restart and folder.path.exists() and is_chief:
         shutil.rmtree(folder.path)
     folder.path.mkdir(parents=True, exist_ok=True)
 
-    state = folder.read_state()
+    try:
+        state = folder.read_state()
+    except CheckpointError as error:  # a damaged state.json: train_stage's own error type, as before
+        raise TrainingError(str(error)) from None
     folder.commit(state["epoch"] if state is not None else 0)
     if state is not None:
         saved = Config.load(folder.config)
@@ -412,11 +371,8 @@ def _build_stage_model(stage, config, checkpoint_dir, folder, state):
     model, embedding_model = _stage_architecture(stage, config, synchronized=replicas > 1)
     if state is not None:
         model.set_weights(load_checkpoint(folder.last).get_weights())
-    elif stage == "triplet":
-        _start_from(checkpoint_dir / "softmax", embedding_model, "--loss_on_softmax", config)
-    elif stage == "softmax_frozen":
-        _start_from(checkpoint_dir / "triplet", embedding_model, "--loss_on_embeddings --normalize_embeddings",
-                    config)
+    elif stage in EARLIER_STAGE:
+        _start_from(EARLIER_STAGE[stage], checkpoint_dir, embedding_model, config)
     if stage == "softmax_frozen":
         for layer in embedding_model.layers:
             layer.trainable = False
@@ -431,12 +387,16 @@ def _stage_architecture(stage, config, synchronized: bool):
     return attach_head(embedding_model, len(config.speakers), config), embedding_model
 
 
-def _start_from(previous_dir: Path, embedding_model, command: str, config: Config) -> None:
-    previous = StageFolder(previous_dir)
+def _start_from(previous_stage: str, checkpoint_dir: Path, embedding_model, config: Config) -> None:
+    """Copy the embedding weights of the previous stage's best model."""
+    previous = StageFolder.of(checkpoint_dir, previous_stage)
     if not previous.best.exists():
-        raise TrainingError(f"{previous.best}: no checkpoint of the previous stage; run train_cli.py {command} first")
-    _check_architecture(config, Config.load(previous.config), previous.config)
-    copied = copy_weights_by_name(load_checkpoint(previous.best), embedding_model)
+        raise TrainingError(f"{previous.best}: no checkpoint of the previous stage; run train_cli.py "
+                            f"{STAGE_COMMANDS[previous_stage]} first")
+    saved = Config.load(previous.config)
+    _check_architecture(config, saved, previous.config)
+    source = load_embedding_model(ResolvedModel(previous.best, saved, f"best {previous_stage} checkpoint"))
+    copied = copy_weights_by_name(source, embedding_model)
     log.info("starting from %s (%d layers copied by name)", previous.best, copied)
 
 
@@ -630,7 +590,8 @@ class _Trainer:
         speakers = tf.boolean_mask(speakers, tf.gather(sampler.count, speakers) > 0)
         seed = tf.constant([self.config.seed, step], dtype=tf.int64)
         windows = sampler.random_windows(seed, sampler.random_utterances(seed + 1, speakers))
-        embeddings = np.asarray(self.embedding_model.predict(windows, batch_size=256, verbose=0), np.float32)
+        embeddings = np.asarray(self.embedding_model.predict(windows, batch_size=MINING_PREDICT_BATCH, verbose=0),
+                                np.float32)
         num = len(self.config.speakers)
         centroids = np.zeros((num, embeddings.shape[1]), np.float32)
         np.add.at(centroids, speakers.numpy(), embeddings)
@@ -644,9 +605,9 @@ class _Trainer:
         evaluation crops), plus speaker accuracy for softmax stages."""
         metrics = {}
         if self.stage == "triplet":
-            embeddings = self.embedding_model.predict(self.eval_windows, batch_size=64, verbose=0)
+            embeddings = self.embedding_model.predict(self.eval_windows, batch_size=EVAL_PREDICT_BATCH, verbose=0)
         else:
-            embeddings, head = self.model.predict(self.eval_windows, batch_size=64, verbose=0)
+            embeddings, head = self.model.predict(self.eval_windows, batch_size=EVAL_PREDICT_BATCH, verbose=0)
             metrics["test_accuracy"] = float(np.mean(np.argmax(head, axis=1) == self.eval_labels))
         first, second, labels = all_pairs_trials(self.eval_labels)
         scores = score_trials(np.asarray(embeddings, np.float32), first, second)

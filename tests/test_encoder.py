@@ -18,8 +18,9 @@ import pytest
 import soundfile
 
 from deep_speaker.audio import AudioError
+from deep_speaker.checkpoints import resolve_model
 from deep_speaker.encoder import FileEmbeddings, NoSpeechError, SpeakerEncoder
-from deep_speaker.scoring import Embedder, ScoringError, resolve_model, speaker_embedding
+from deep_speaker.scoring import Embedder, ScoringError, speaker_embedding
 from deep_speaker.score_norm import COHORT_FILE, ScoreNormalizer
 
 REPO = Path(__file__).resolve().parents[1]

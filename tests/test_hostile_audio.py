@@ -46,7 +46,9 @@ def embedder(tmp_path_factory):
     keras.utils.set_random_seed(0)
     build_embedding_model(TINY).save(folder / "best.keras")
     TINY.save(folder / "config.json")
-    return scoring.Embedder(scoring.resolve_model(checkpoint=folder / "best.keras"))
+    from deep_speaker.checkpoints import resolve_model
+
+    return scoring.Embedder(resolve_model(checkpoint=folder / "best.keras"))
 
 
 @contextlib.contextmanager

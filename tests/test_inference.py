@@ -50,8 +50,7 @@ def test_folded_forward_equals_keras_model(width, clip):
 
 
 def test_packaged_model_folds_exactly(repo_root):
-    from deep_speaker.scoring import resolve_model
-
+    from deep_speaker.checkpoints import resolve_model
     from deep_speaker.model import load_checkpoint
 
     resolved = resolve_model(None, repo_root / "no-such-checkpoints")
@@ -74,7 +73,8 @@ def test_other_architectures_are_not_folded():
 
 
 def test_embedder_uses_folded_path_with_model_values(tmp_path):
-    from deep_speaker.scoring import Embedder, resolve_model
+    from deep_speaker.checkpoints import resolve_model
+    from deep_speaker.scoring import Embedder
 
     config = Config(width=0.125)
     model = trained_looking(config, seed=5)

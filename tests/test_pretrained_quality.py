@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deep_speaker.checkpoints import resolve_model
 from deep_speaker.metrics import all_pairs_trials, equal_error_rate
-from deep_speaker.scoring import Embedder, resolve_model, speaker_embedding
+from deep_speaker.scoring import Embedder, speaker_embedding
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_VCTK = REPO / "deep-speaker-data" / "demo" / "VCTK-Corpus" / "wav48"

@@ -91,11 +91,11 @@ def test_cohort_files_leave_out_the_held_out_speakers_and_cap_per_speaker(tmp_pa
 
 
 def test_export_model_writes_a_cohort_tied_to_the_exported_weights(tmp_path):
+    from deep_speaker.checkpoints import pretrained_model
     from deep_speaker.commands import export_model
-    from deep_speaker.scoring import PRETRAINED_DIR
 
     demo = Path(__file__).resolve().parents[1] / "deep-speaker-data" / "demo" / "VCTK-Corpus" / "wav48"
-    code = export_model.main(["--checkpoint", str(PRETRAINED_DIR / "embedding.keras"), "--output_dir",
+    code = export_model.main(["--checkpoint", str(pretrained_model()), "--output_dir",
                               str(tmp_path), "--no_saved_model", "--cohort_audio_dir", str(demo),
                               "--cohort_exclude", "p225,p226", "--cohort_per_speaker", "2"])
     assert code == 0

@@ -1,6 +1,7 @@
-"""Scoring end to end on real speech with a tiny untrained model: which model is
-used, SAN/SAP, the feature contract with training, and the comp_cos, get_emb and
-evaluate commands (results, outputs, and one clear line for every expected error)."""
+"""Scoring end to end on real speech with a tiny untrained model: SAN/SAP, the
+feature contract with training, and the comp_cos, get_emb and evaluate commands
+(results, outputs, and one clear line for every expected error). Which model a
+command uses: tests/test_checkpoints.py."""
 from __future__ import annotations
 
 import csv
@@ -15,12 +16,13 @@ import numpy as np
 import pytest
 
 from deep_speaker import scoring
+from deep_speaker.checkpoints import resolve_model
 from deep_speaker.commands import comp_cos, evaluate, get_emb
 from deep_speaker.config import Config
 from deep_speaker.io_utils import load_pickle
 from deep_speaker.metrics import cosine_distance
 from deep_speaker.scoring import (CachedSpeaker, ScoringError, cached_features, cached_speakers, compare_files,
-                                  compare_speakers, resolve_model, speaker_embedding)
+                                  compare_speakers, speaker_embedding)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = Config(width=0.125)
@@ -140,40 +142,6 @@ def test_speaker_embedding_is_renormalised_mean():
         speaker_embedding(np.array([[1.0, 0.0], [-1.0, 0.0]]))
 
 
-def _fake_model(folder: Path, name: str = "best.keras") -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(b"not loaded by resolve_model")
-    TINY.save(folder / "config.json")
-    return folder / name
-
-
-def test_resolve_model_order_and_error(tmp_path, monkeypatch):
-    pretrained = tmp_path / "pretrained"
-    monkeypatch.setattr(scoring, "PRETRAINED_DIR", pretrained)
-    ckpt = tmp_path / "ckpt"
-    with pytest.raises(ScoringError) as nothing:
-        resolve_model(None, ckpt)
-    for stage in ("triplet", "softmax_frozen", "softmax"):
-        assert str(ckpt / stage / "best.keras") in str(nothing.value)
-    assert str(pretrained / "embedding.keras") in str(nothing.value)
-
-    _fake_model(pretrained, "embedding.keras")
-    assert resolve_model(None, ckpt).path == pretrained / "embedding.keras"
-    assert resolve_model(None, None).path == pretrained / "embedding.keras"
-    for stage in ("softmax", "softmax_frozen", "triplet"):  # each new stage takes precedence
-        _fake_model(ckpt / stage)
-        resolved = resolve_model(None, ckpt)
-        assert resolved.path == ckpt / stage / "best.keras" and stage in resolved.origin
-        assert resolved.config.width == TINY.width
-    explicit = _fake_model(tmp_path / "elsewhere", "mine.keras")
-    assert resolve_model(explicit, ckpt).path == explicit
-    with pytest.raises(ScoringError, match="gone.keras: checkpoint not found"):
-        resolve_model(tmp_path / "gone.keras", ckpt)  # no silent fallback to another model
-    (ckpt / "triplet" / "config.json").unlink()
-    with pytest.raises(ScoringError, match="config.json: missing"):
-        resolve_model(None, ckpt)
-
-
 # --- the feature contract with training ---------------------------------------------------------
 
 def test_file_features_equal_training_inputs(embedder, cache):
@@ -291,7 +259,7 @@ def test_comp_cos_unknown_speaker_lists_cache(cache, checkpoints, capsys):
 
 
 def test_comp_cos_missing_model_names_tried_paths(cache, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(scoring, "PRETRAINED_DIR", tmp_path / "pretrained")
+    monkeypatch.setattr("deep_speaker.checkpoints.PRETRAINED_DIR", tmp_path / "pretrained")  # not the fixture
     empty = tmp_path / "no_checkpoints"
     line = error_line(*run(comp_cos.main, capsys, "--unseen_speakers", "p225,p226",
                            "--cache_output_dir", cache, "--checkpoint_dir", empty)[::2])

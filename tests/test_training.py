@@ -183,10 +183,10 @@ class _Killed(BaseException):
 def triplet_run(cache, pipeline, softmax_run):
     """Triplet training for two epochs, killed after writing epoch 2's
     checkpoint files but before state.json records it; then rerun."""
-    from deep_speaker import training
+    from deep_speaker.checkpoints import StageFolder
 
     assert softmax_run[0] == 0
-    write_state = training.StageFolder.write_state
+    write_state = StageFolder.write_state
 
     def killed_before_epoch_2_is_recorded(self, state):
         if state["epoch"] == 2:
@@ -194,7 +194,7 @@ def triplet_run(cache, pipeline, softmax_run):
         write_state(self, state)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training.StageFolder, "write_state", killed_before_epoch_2_is_recorded)
+        patch.setattr(StageFolder, "write_state", killed_before_epoch_2_is_recorded)
         with pytest.raises(_Killed):
             train(cache, pipeline, *TRIPLET, "--epochs", "2")
     state_after_kill = json.loads((pipeline / "triplet" / "state.json").read_text())["epoch"]

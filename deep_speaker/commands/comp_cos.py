@@ -58,8 +58,9 @@ def _main(argv) -> int:
         p.error("--allow_no_speech goes with --files")
     setup_logging(args.verbose)
 
+    from deep_speaker.checkpoints import resolve_model
     from deep_speaker.encoder import SpeakerEncoder
-    from deep_speaker.scoring import compare_files, compare_speakers, resolve_model
+    from deep_speaker.scoring import compare_files, compare_speakers
 
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     if not args.json:

@@ -34,9 +34,9 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 
+    from deep_speaker.checkpoints import resolve_model
     from deep_speaker.evaluation import evaluate_trials, trials_from_folder, trials_from_list
     from deep_speaker.encoder import SpeakerEncoder
-    from deep_speaker.scoring import resolve_model
 
     trials = trials_from_folder(args.audio_dir) if args.audio_dir else trials_from_list(args.trials, args.audio_root)
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)

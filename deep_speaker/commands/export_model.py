@@ -28,8 +28,8 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 
+    from deep_speaker.checkpoints import resolve_model
     from deep_speaker.export import export_model
-    from deep_speaker.scoring import resolve_model
 
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)

@@ -58,10 +58,10 @@ def _main(argv) -> int:
         p.error("--threshold is a cosine similarity between -1 and 1")
     setup_logging(args.verbose)
 
+    from deep_speaker.checkpoints import resolve_model
     from deep_speaker.commands.get_emb import expand_files
     from deep_speaker.encoder import SpeakerEncoder
     from deep_speaker.identification import Enrolment
-    from deep_speaker.scoring import resolve_model
 
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     if args.enroll:

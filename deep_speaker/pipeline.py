@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,13 +21,22 @@ class PipelinePlan:
     corpus: Path  # the corpus folder given to stage 1
     extra: Path | None  # folder of extra speakers (samples/<Name>/), added with --update_cache
     unseen: list[str]  # speakers kept out of training, scored by comp_cos
-    train_args: list[str]  # width/epochs/steps flags shared by both training stages
+    model_settings: dict  # Config fields shared by both training stages (width, window length)
     description: str
     extra_speaker: str | None = None
 
 
-DEMO_TRAINING = ["--width", "0.125", "--frames", "160"]
-QUICK_TRAINING = ["--width", "0.125", "--frames", "100"]
+# Config fields of each training run the pipeline makes (see deep_speaker.config.Config).
+FULL_VCTK_MODEL = {"width": 1.0}
+DEMO_MODEL = {"width": 0.125, "frames": 160}
+QUICK_MODEL = {"width": 0.125, "frames": 100}
+# 12 training speakers: the cosine AM-softmax head with SpecAugment keeps the embedding space from
+# collapsing (the plain softmax head left all unseen speakers within 0.01 of each other).
+SOFTMAX_SCHEDULE = {"epochs": 12, "steps_per_epoch": 30, "batch_size": 32, "head": "amsoftmax",
+                    "spec_augment": True, "lr_schedule": "cosine"}
+TRIPLET_SCHEDULE = {"epochs": 2, "steps_per_epoch": 20, "batch_size": 16}
+QUICK_SOFTMAX_SCHEDULE = {"epochs": 1, "steps_per_epoch": 3, "batch_size": 8}
+QUICK_TRIPLET_SCHEDULE = {"epochs": 1, "steps_per_epoch": 2, "batch_size": 8}
 
 
 def plan_pipeline(data_root: Path, quick: bool) -> PipelinePlan:
@@ -35,7 +45,7 @@ def plan_pipeline(data_root: Path, quick: bool) -> PipelinePlan:
         corpus = data_root / name
         if corpus.is_dir() and any(corpus.glob("wav48*/p*")):
             extra = data_root / "samples" if (data_root / "samples").is_dir() else None
-            return PipelinePlan(corpus, extra, ["p363", "p364"], ["--width", "1.0"],
+            return PipelinePlan(corpus, extra, ["p363", "p364"], FULL_VCTK_MODEL,
                                 f"full VCTK at {corpus} (105 training speakers, p363/p364/p374/p376 unseen)",
                                 _first_speaker(extra))
     demo = data_root / "demo"
@@ -43,7 +53,7 @@ def plan_pipeline(data_root: Path, quick: bool) -> PipelinePlan:
         raise FileNotFoundError(f"{demo}/VCTK-Corpus: demo corpus missing (it ships with the repository); "
                                 f"or put VCTK in {data_root}/VCTK-Corpus, or pass --download")
     extra = data_root / "samples" if (data_root / "samples").is_dir() else demo / "samples"
-    return PipelinePlan(demo / "VCTK-Corpus", extra, ["p225", "p226"], QUICK_TRAINING if quick else DEMO_TRAINING,
+    return PipelinePlan(demo / "VCTK-Corpus", extra, ["p225", "p226"], QUICK_MODEL if quick else DEMO_MODEL,
                         f"demo corpus {demo} (VCTK excerpt, 12 training speakers, p225/p226 unseen)",
                         _first_speaker(extra))
 
@@ -65,56 +75,60 @@ class PipelineReport:
         print(text, flush=True)
 
 
-def _call(main, argv: list[str], what: str) -> None:
-    """Run one step's command. A failed step has printed its one error line: the
-    pipeline stops with the step's exit code, adding no second error line and
-    no traceback (it logs which step stopped it)."""
-    from deep_speaker.commands.common import AlreadyReported
-
-    log.info("%s: %s", what, " ".join(argv))
+@contextmanager
+def _step(what: str):
+    """Log which step stopped the pipeline; the error itself goes up unchanged
+    (one line from the command that called the pipeline)."""
+    log.info("step: %s", what)
     try:
-        status = main(argv)
-    except SystemExit as exit_:  # a usage error inside a step
-        status = exit_.code
-    if status:
-        log.info("pipeline stopped at step '%s' (exit %s); command: %s", what, status, " ".join(argv))
-        raise AlreadyReported(int(status) if isinstance(status, int) else 2, f"{what} failed")
+        yield
+    except BaseException:
+        log.info("pipeline stopped at step '%s'", what)
+        raise
 
 
 def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, download: bool = False) -> PipelineReport:
-    from deep_speaker.commands import download_vctk, preprocess, train_cli
+    from deep_speaker.config import Config
+    from deep_speaker.parallel import default_workers
+    from deep_speaker.preprocessing import preprocess, trim_setting
+    from deep_speaker.training import train_stage
 
     data_root, output_dir = Path(data_root), Path(output_dir)
-    if download and not (data_root / "VCTK-Corpus").is_dir():
-        _call(download_vctk.main, ["--data_root", str(data_root)], "download VCTK")
-    plan = plan_pipeline(data_root, quick)
     report = PipelineReport()
+    if download and not (data_root / "VCTK-Corpus").is_dir():
+        from deep_speaker.download import DEFAULT_VERSION, download_vctk
+
+        with _step("download VCTK"):
+            result = download_vctk(DEFAULT_VERSION, data_root)
+        report.add(f"VCTK {DEFAULT_VERSION} ready in {result.folder} ({result.file_count} files)")
+    plan = plan_pipeline(data_root, quick)
     report.add(f"pipeline: {plan.description}; outputs in {output_dir}")
     cache, checkpoints = output_dir / "cache", output_dir / "checkpoints"
+    workers = default_workers()
 
-    stage1 = "--update_cache" if (cache / "audio_cache_pkl").is_dir() else "--regenerate_full_cache"
-    _call(preprocess.main, [stage1, "--multi_threading", "--audio_dir", str(plan.corpus),
-                            "--cache_output_dir", str(cache)], "audio cache")
+    mode = "update" if (cache / "audio_cache_pkl").is_dir() else "regenerate"
+    data_config = Config().override(**trim_setting(cache, None, mode))
+    with _step("audio cache"):
+        preprocess(cache, data_config, cache_mode=mode, audio_dirs=[plan.corpus], workers=workers,
+                   report=report.add)
     if plan.extra is not None:
-        _call(preprocess.main, ["--update_cache", "--multi_threading", "--audio_dir", str(plan.extra),
-                                "--cache_output_dir", str(cache)], "extra speakers")
+        with _step("extra speakers"):
+            preprocess(cache, data_config, cache_mode="update", audio_dirs=[plan.extra], workers=workers,
+                       report=report.add)
     unseen = list(plan.unseen) + ([plan.extra_speaker] if plan.extra_speaker else [])
-    _call(preprocess.main, ["--generate_training_inputs", "--multi_threading", "--cache_output_dir", str(cache),
-                            "--unseen_speakers", ",".join(unseen)], "training inputs")
+    with _step("training inputs"):
+        preprocess(cache, data_config, generate_inputs=True, unseen_speakers=unseen, workers=workers,
+                   report=report.add)
 
-    common = ["--cache_output_dir", str(cache), "--checkpoint_dir", str(checkpoints), *plan.train_args]
-    if quick:
-        softmax_len = ["--epochs", "1", "--steps_per_epoch", "3", "--batch_size", "8"]
-        triplet_len = ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "8"]
-    else:
-        # 12 training speakers: the cosine AM-softmax head with SpecAugment keeps the embedding space from
-        # collapsing (the plain softmax head left all unseen speakers within 0.01 of each other).
-        softmax_len = ["--epochs", "12", "--steps_per_epoch", "30", "--batch_size", "32", "--head", "amsoftmax",
-                       "--spec_augment", "--lr_schedule", "cosine"]
-        triplet_len = ["--epochs", "2", "--steps_per_epoch", "20", "--batch_size", "16"]
-    _call(train_cli.main, ["--loss_on_softmax", *softmax_len, *common], "softmax pre-training")
-    _call(train_cli.main, ["--loss_on_embeddings", "--normalize_embeddings", *triplet_len, *common],
-          "triplet training")
+    schedules = ((QUICK_SOFTMAX_SCHEDULE, QUICK_TRIPLET_SCHEDULE) if quick
+                 else (SOFTMAX_SCHEDULE, TRIPLET_SCHEDULE))
+    for stage, schedule, what in (("softmax", schedules[0], "softmax pre-training"),
+                                  ("triplet", schedules[1], "triplet training")):
+        config = Config().override(**plan.model_settings, **schedule).validate()
+        with _step(what):
+            result = train_stage(stage, config, cache, checkpoints)
+        for line in result.lines():
+            report.add(line)
 
     _score(report, plan, cache, output_dir, checkpoint_dir=checkpoints, label="trained here")
     from deep_speaker.checkpoints import pretrained_model

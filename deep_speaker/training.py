@@ -74,6 +74,16 @@ class StageResult:
     best: dict
     already_finished: bool = False
 
+    def lines(self) -> list[str]:
+        """What a finished (or already finished) stage reports, as train_cli.py prints it."""
+        lines = []
+        if self.already_finished:
+            lines.append(f"{self.stage}: already trained for {self.epochs_done} epochs in {self.stage_dir} "
+                         f"(--epochs more to continue, --restart to start over)")
+        best = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in self.best.items())
+        lines.append(f"{self.stage}: done, best {best or '-'}; checkpoints in {self.stage_dir}")
+        return lines
+
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """default: one device; mirrored: all local GPUs (or all logical CPUs when

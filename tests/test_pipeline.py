@@ -55,3 +55,13 @@ def test_pipeline_without_any_corpus_says_what_to_do(tmp_path, capsys):
     assert pipeline.main(["--quick", "--data_root", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo corpus missing" in err[0]
+
+
+def test_no_package_module_imports_the_commands_layer():
+    """commands/ is a thin layer on top: the package (pipeline included) calls
+    package functions, never a command's argv."""
+    package = REPO / "deep_speaker"
+    offenders = [str(path.relative_to(REPO)) for path in package.rglob("*.py")
+                 if "commands" not in path.relative_to(package).parts
+                 and "deep_speaker.commands" in path.read_text(encoding="utf-8")]
+    assert offenders == []

@@ -33,15 +33,6 @@ class CommandError(DeepSpeakerError):
     """An expected failure: printed as one line, exit code 2."""
 
 
-class AlreadyReported(Exception):
-    """A failure whose one error line is already on stderr (a pipeline step's
-    command printed it): exit with `code`, print nothing more."""
-
-    def __init__(self, code: int, note: str = ""):
-        super().__init__(note or f"exit code {code}")
-        self.code = code
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows every flag's default, unless its help already explains it."""
 
@@ -220,8 +211,6 @@ def run(body, argv=None) -> int:
     verbose = "--verbose" in (sys.argv[1:] if argv is None else [str(a) for a in argv])
     try:
         return body(argv) or 0
-    except AlreadyReported as reported:
-        return reported.code
     except DeepSpeakerError as error:
         return _expected(error, _one_line(error), verbose)
     except BrokenPipeError:  # the reader of stdout left (`| head`): stop quietly, as Unix tools do

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 
-from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, CommandError, comma_list, parser,
+from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, comma_list, parser,
                                           positive_float, positive_int, run, setup_logging)
 from deep_speaker.commands.config_flags import add_config_flags, config_from_args
 
@@ -76,76 +75,25 @@ def _main(argv) -> int:
     from deep_speaker.config import Config
     from deep_speaker.corpus import parse_shard
     from deep_speaker.parallel import default_workers
+    from deep_speaker.preprocessing import default_audio_dirs, preprocess
 
     config = config_from_args(args, CONFIG_FLAGS, base=Config().override(**_trim_of(args)))
-    workers = args.workers or (default_workers() if args.multi_threading else 1)
-    shard = parse_shard(args.shard) if args.shard else None
-    if shard and args.generate_training_inputs:
-        raise CommandError("--shard splits the audio cache only; run --generate_training_inputs once, unsharded")
-    both = (args.regenerate_full_cache or args.update_cache) and args.generate_training_inputs
-    with contextlib.ExitStack() as stack:
-        if both:  # hold the cache for both stages: no other run may slip in between them
-            from deep_speaker.locking import cache_lock
-
-            if not args.audio_dir:
-                _default_audio_dirs()  # "corpus not found" before the cache folder is made
-            stack.enter_context(cache_lock(args.cache_output_dir, timeout=args.lock_timeout, purpose="preprocess"))
-        _stages(args, config, workers, shard)
+    mode = _cache_mode(args)
+    preprocess(args.cache_output_dir, config, cache_mode=mode,
+               audio_dirs=(args.audio_dir or default_audio_dirs(DATA_ROOT)) if mode else None,
+               generate_inputs=args.generate_training_inputs, unseen_speakers=args.unseen_speakers,
+               workers=args.workers or (default_workers() if args.multi_threading else 1),
+               shard=parse_shard(args.shard) if args.shard else None, mic=args.mic, lock_timeout=args.lock_timeout,
+               store_shard_mb=args.store_shard_mb)
     return 0
 
 
-def _stages(args, config, workers, shard) -> None:
-    from deep_speaker.audio_cache import build_audio_cache, failures_path
-    from deep_speaker.training_inputs import generate_training_inputs
-
-    if args.regenerate_full_cache or args.update_cache:
-        audio_dirs = args.audio_dir or _default_audio_dirs()
-        summary = build_audio_cache(audio_dirs, args.cache_output_dir, config, regenerate=args.regenerate_full_cache,
-                                    workers=workers, shard=shard, mic=args.mic, lock_timeout=args.lock_timeout)
-        print(summary.line())
-        if summary.failed:
-            print(f"failures listed in {failures_path(args.cache_output_dir, shard)}")
-        if summary.cached == 0 and summary.skipped == 0:
-            raise CommandError(f"nothing could be cached: every file failed "
-                               f"(see {failures_path(args.cache_output_dir, shard)})")
-    if args.generate_training_inputs:
-        summary = generate_training_inputs(args.cache_output_dir, config, unseen_speakers=args.unseen_speakers,
-                                           workers=workers, lock_timeout=args.lock_timeout)
-        print(summary.line())
-        if summary.written == 0 and summary.skipped == 0:
-            raise CommandError("no speaker's training inputs could be written (see inputs_failures.tsv)")
-        from deep_speaker.feature_store import DEFAULT_SHARD_MB, pack_store
-
-        print(pack_store(args.cache_output_dir, config, max_shard_mb=args.store_shard_mb or DEFAULT_SHARD_MB,
-                         lock_timeout=args.lock_timeout).line())
+def _cache_mode(args) -> str | None:
+    return "regenerate" if args.regenerate_full_cache else "update" if args.update_cache else None
 
 
 def _trim_of(args) -> dict:
-    """{'trim': ...}: the flag, else the rule a cache being updated records (so
-    --update_cache without --trim keeps an energy-trimmed cache energy-trimmed),
-    else nothing (the default). With --generate_training_inputs alone the inputs
-    always take the cache's settings, so a --trim that differs from them is refused."""
-    from deep_speaker.audio_cache import audio_cache_dir, read_audio_settings
+    """{'trim': ...} for the Config: the flag, else what the cache records (`trim_setting`)."""
+    from deep_speaker.preprocessing import trim_setting
 
-    cache_exists = audio_cache_dir(args.cache_output_dir).is_dir()
-    if args.trim is not None:
-        if cache_exists and not (args.regenerate_full_cache or args.update_cache):
-            recorded, known = read_audio_settings(args.cache_output_dir)
-            if known and recorded["trim"] != args.trim:
-                raise CommandError(f"--trim {args.trim}: the cache in {args.cache_output_dir} was trimmed with "
-                                   f"--trim {recorded['trim']}, and the training inputs take the cache's settings; "
-                                   f"rebuild the cache with --regenerate_full_cache --trim {args.trim}")
-        return {"trim": args.trim}
-    if cache_exists and not args.regenerate_full_cache:
-        return {"trim": read_audio_settings(args.cache_output_dir)[0]["trim"]}
-    return {}
-
-
-def _default_audio_dirs() -> list[str]:
-    dirs = [DATA_ROOT / "VCTK-Corpus"]
-    if (DATA_ROOT / "samples").is_dir():
-        dirs.append(DATA_ROOT / "samples")
-    if not dirs[0].is_dir():
-        raise CommandError(f"{dirs[0]}: corpus not found; pass --audio_dir DIR or download VCTK "
-                           f"(python scripts/download_vctk.py)")
-    return [str(d) for d in dirs]
+    return trim_setting(args.cache_output_dir, args.trim, _cache_mode(args))

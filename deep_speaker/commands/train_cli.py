@@ -89,9 +89,6 @@ def _main(argv) -> int:
                              log_every=args.log_every, store_shard_mb=args.store_shard_mb)
     except TrainingError as error:
         raise CommandError(str(error)) from None
-    if result.already_finished:
-        print(f"{stage}: already trained for {result.epochs_done} epochs in {result.stage_dir} "
-              f"(--epochs more to continue, --restart to start over)")
-    best = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.best.items())
-    print(f"{stage}: done, best {best or '-'}; checkpoints in {result.stage_dir}")
+    for line in result.lines():
+        print(line)
     return 0

@@ -29,7 +29,7 @@ from deep_speaker.audio import (MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ, AudioError
                                 resample, trim_utterance)
 from deep_speaker.checkpoints import ResolvedModel, resolve_model
 from deep_speaker.commands.common import SCORING_ENVIRONMENT
-from deep_speaker.config import Config
+from deep_speaker.config import SCORING_SEED, Config
 from deep_speaker.features import utterance_features
 from deep_speaker.identification import (Enrolment, EnrolmentError, Identification, enrolment_settings,
                                          model_identity)
@@ -273,7 +273,7 @@ class SpeakerEncoder:
     # --- identification -----------------------------------------------------------------------------
 
     def enroll(self, speakers: PathLike | Mapping[str, Sequence[PathLike]], *, max_utterances: int | None = None,
-               seed: int = 1234, require_speech: bool | None = None) -> Enrolment:
+               seed: int = SCORING_SEED, require_speech: bool | None = None) -> Enrolment:
         """Enrol speakers: a folder with one folder per speaker (as everywhere in
         deep-speaker), or {name: [files]}. Each speaker's embedding is the
         renormalised mean of up to max_utterances of its files (seeded choice);

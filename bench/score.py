@@ -63,7 +63,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from deep_speaker.commands.common import SCORING_ENVIRONMENT  # noqa: E402
+from deep_speaker.config import SCORING_ENVIRONMENT  # noqa: E402
 from deep_speaker.config import Config  # noqa: E402
 
 DEFAULT_AUDIO_DIR = REPO_ROOT.parent / "shared" / "data" / "vctk-mini"

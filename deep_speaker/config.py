@@ -283,6 +283,11 @@ class ConfigError(InputError):
 # Seed of which cached utterances a speaker is scored on when it has more than
 # --max_utterances, and of the SAP halves (comp_cos.py --seed); not a training setting.
 SCORING_SEED = 1234
+# Environment of scoring: scoring commands run each utterance once, at its own length. TensorFlow's oneDNN
+# convolutions set up a primitive per new input shape (about 45 ms per length at
+# width 1.0), so they run slower cold than its own (Eigen) convolutions, which are as
+# fast warm for one utterance at a time (bench/score.py). A value the user set wins.
+SCORING_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 MAX_CONFIG_BYTES = 1 << 24  # a config.json of a million speakers is still far smaller
 # Inclusive bounds of the numeric fields, and the values a string field may take
 # (see `setting`), as `validate` and the commands' flags check them.

@@ -28,8 +28,7 @@ import numpy as np
 from deep_speaker.audio import (MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ, AudioError, TrimmedAudio, load_utterance,
                                 resample, trim_utterance)
 from deep_speaker.checkpoints import ResolvedModel, resolve_model
-from deep_speaker.commands.common import SCORING_ENVIRONMENT
-from deep_speaker.config import SCORING_SEED, Config
+from deep_speaker.config import SCORING_ENVIRONMENT, SCORING_SEED, Config
 from deep_speaker.features import utterance_features
 from deep_speaker.identification import (Enrolment, EnrolmentError, Identification, enrolment_settings,
                                          model_identity)

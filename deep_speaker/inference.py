@@ -8,7 +8,7 @@ avoid that but pay Keras's per-layer Python overhead on every call. The folded
 forward pass below has neither: about 130 TensorFlow ops per utterance, each
 dispatched straight to its kernel, so a command's cost stays close to the bare
 model compute (see `bench/score.py`; the scoring commands also choose
-TensorFlow's own convolutions over oneDNN's, `commands.common.SCORING_ENVIRONMENT`).
+TensorFlow's own convolutions over oneDNN's, `config.SCORING_ENVIRONMENT`).
 
 In inference mode batch norm is the affine map gamma * (x - mean) / sqrt(var +
 eps) + beta, so conv followed by batch norm equals one convolution with kernel

@@ -20,6 +20,7 @@ import time
 import traceback
 from typing import NoReturn
 
+from deep_speaker.config import SCORING_ENVIRONMENT
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.paths import DATA_ROOT
 
@@ -185,12 +186,6 @@ def exit_skipping_teardown(code: int | None) -> NoReturn:
             pass
     os._exit(code if isinstance(code, int) else 0)
 
-
-# Scoring commands run each utterance once, at its own length. TensorFlow's oneDNN
-# convolutions set up a primitive per new input shape (about 45 ms per length at
-# width 1.0), so they run slower cold than its own (Eigen) convolutions, which are as
-# fast warm for one utterance at a time (bench/score.py). A value the user set wins.
-SCORING_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0"}
 
 
 def quick_exit_entry_point(main):

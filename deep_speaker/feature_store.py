@@ -350,10 +350,12 @@ class FeatureStore:
         self.shards = [self.folder / s["name"] for s in self.manifest["shards"]]
 
     def check_settings(self, config) -> None:
-        """Refuse a store made with other feature settings than `config`'s."""
+        """Refuse a store made with other feature settings than `config`'s (in
+        training, those the training inputs record, which it adopts)."""
         if self.manifest.get("feature_settings") != config.feature_settings():
             raise StoreError(f"{self.folder}: features packed with {self.manifest.get('feature_settings')}, "
-                             f"training expects {config.feature_settings()}; regenerate the training inputs")
+                             f"the training inputs record {config.feature_settings()}; regenerate the training "
+                             f"inputs")
 
     def stand_ins(self) -> dict[str, dict]:
         """{speaker: its inputs dict without frames} (empty train/test lists):

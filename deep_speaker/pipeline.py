@@ -90,7 +90,7 @@ def _step(what: str):
 def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, download: bool = False) -> PipelineReport:
     from deep_speaker.config import Config
     from deep_speaker.parallel import default_workers
-    from deep_speaker.preprocessing import preprocess, trim_setting
+    from deep_speaker.preprocessing import audio_settings_of_run, preprocess
     from deep_speaker.training import train_stage
 
     data_root, output_dir = Path(data_root), Path(output_dir)
@@ -107,7 +107,7 @@ def run_pipeline(data_root: Path, output_dir: Path, quick: bool = False, downloa
     workers = default_workers()
 
     mode = "update" if (cache / "audio_cache_pkl").is_dir() else "regenerate"
-    data_config = Config().override(**trim_setting(cache, None, mode))
+    data_config = Config().override(**audio_settings_of_run(cache, {}, mode))
     with _step("audio cache"):
         preprocess(cache, data_config, cache_mode=mode, audio_dirs=[plan.corpus], workers=workers,
                    report=report.add)

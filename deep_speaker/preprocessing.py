@@ -10,9 +10,9 @@ when a stage produced nothing at all (every file or speaker failed).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-from deep_speaker.config import Config
+from deep_speaker.config import AUDIO_FIELDS, FEATURE_FIELDS, Config
 from deep_speaker.errors import InputError
 
 CACHE_MODES = ("regenerate", "update")  # --regenerate_full_cache, --update_cache
@@ -34,26 +34,42 @@ def default_audio_dirs(data_root: str | Path) -> list[str]:
     return [str(d) for d in dirs]
 
 
-def trim_setting(cache_dir: str | Path, trim: str | None, cache_mode: str | None) -> dict:
-    """{'trim': ...} for the Config of a run: `trim` when given, else the rule a
-    cache being updated records (so updating an energy-trimmed cache keeps it
-    energy-trimmed), else nothing (the default). With the training inputs alone
-    the inputs always take the cache's settings, so a `trim` that differs from
-    them is refused."""
+def audio_settings_of_run(cache_dir: str | Path, given: Mapping[str, Any], cache_mode: str | None) -> dict:
+    """The audio settings (`AUDIO_FIELDS`: rate, trim rule and its parameters,
+    minimum voice) for the Config of a run, from `given` (the audio flags given,
+    by field; None or absent: not given).
+
+    A new cache, or one being regenerated, takes the given ones over Config's
+    defaults. An update, or the training inputs alone, of a cache take the
+    settings it records (so updating an energy-trimmed 16 kHz cache keeps it
+    energy-trimmed at 16 kHz): a given setting that differs from them is refused
+    in one line naming the cache and the setting, since an update adds files
+    made with the cache's settings and the inputs always take them. A cache made
+    before settings were recorded gives what it can tell (its rate), under the
+    given ones.
+
+    >>> audio_settings_of_run('/nonexistent', {'trim': 'energy', 'sample_rate_hz': None}, 'regenerate')
+    {'trim': 'energy'}
+    """
     from deep_speaker.audio_cache import audio_cache_dir, read_audio_settings
 
-    cache_exists = audio_cache_dir(cache_dir).is_dir()
-    if trim is not None:
-        if cache_exists and cache_mode is None:
-            recorded, known = read_audio_settings(cache_dir)
-            if known and recorded["trim"] != trim:
-                raise PreprocessError(f"--trim {trim}: the cache in {cache_dir} was trimmed with "
-                                      f"--trim {recorded['trim']}, and the training inputs take the cache's "
-                                      f"settings; rebuild the cache with --regenerate_full_cache --trim {trim}")
-        return {"trim": trim}
-    if cache_exists and cache_mode != "regenerate":
-        return {"trim": read_audio_settings(cache_dir)[0]["trim"]}
-    return {}
+    given = {name: value for name, value in given.items() if value is not None}
+    if unknown := sorted(set(given) - set(AUDIO_FIELDS)):
+        raise ValueError(f"not audio settings: {', '.join(unknown)}")
+    if cache_mode == "regenerate" or not audio_cache_dir(cache_dir).is_dir():
+        return given
+    recorded, known = read_audio_settings(cache_dir)
+    different = [name for name in AUDIO_FIELDS if known and name in given and given[name] != recorded[name]]
+    if different:
+        why = ("an update adds files made with the cache's settings" if cache_mode == "update"
+               else "the training inputs take the cache's settings")
+        flags = " ".join(f"--{name} {given[name]}" for name in different)
+        raise PreprocessError(
+            f"{audio_cache_dir(cache_dir)} was cached with other settings "
+            f"({'; '.join(f'{name}: {recorded[name]!r} vs {given[name]!r}' for name in different)}, cache vs "
+            f"flags), and {why}: leave out {', '.join('--' + name for name in different)}, or rebuild the cache "
+            f"with --regenerate_full_cache {flags}")
+    return {**recorded, **given}
 
 
 def preprocess(cache_dir: str | Path, config: Config, *, cache_mode: str | None = None, audio_dirs=None,
@@ -86,7 +102,7 @@ def _stages(cache_dir, config, cache_mode, audio_dirs, generate_inputs, unseen_s
             lock_timeout, store_shard_mb, report) -> None:
     from deep_speaker.audio_cache import build_audio_cache, failures_path
     from deep_speaker.feature_store import DEFAULT_SHARD_MB, pack_store
-    from deep_speaker.training_inputs import generate_training_inputs
+    from deep_speaker.training_inputs import generate_training_inputs, read_inputs_settings
 
     if cache_mode is not None:
         summary = build_audio_cache(audio_dirs, cache_dir, config, regenerate=cache_mode == "regenerate",
@@ -102,5 +118,8 @@ def _stages(cache_dir, config, cache_mode, audio_dirs, generate_inputs, unseen_s
         report(summary.line())
         if summary.written == 0 and summary.skipped == 0:
             raise PreprocessError("no speaker's training inputs could be written (see inputs_failures.tsv)")
-        report(pack_store(cache_dir, config, max_shard_mb=store_shard_mb or DEFAULT_SHARD_MB,
+        # Packed with the feature settings the inputs record: the cache's audio settings, whatever `config` said.
+        recorded = read_inputs_settings(cache_dir)
+        packing = config.override(**{k: recorded[k] for k in FEATURE_FIELDS}) if recorded is not None else config
+        report(pack_store(cache_dir, packing, max_shard_mb=store_shard_mb or DEFAULT_SHARD_MB,
                           lock_timeout=lock_timeout).line())

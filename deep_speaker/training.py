@@ -113,8 +113,8 @@ def _worker_identity(strategy) -> tuple[bool, int]:
     return is_chief, task_id
 
 
-def _check_architecture(config: Config, saved: Config, source: Path) -> None:
-    different = [f for f in ARCHITECTURE_FIELDS if getattr(config, f) != getattr(saved, f)]
+def _check_architecture(config: Config, saved: Config, source: Path, fields=ARCHITECTURE_FIELDS) -> None:
+    different = [f for f in fields if getattr(config, f) != getattr(saved, f)]
     if different:
         details = ", ".join(f"{f}={getattr(saved, f)!r} there vs {getattr(config, f)!r} now" for f in different)
         raise TrainingError(f"{source}: checkpoint was trained with other settings ({details}); "
@@ -122,18 +122,21 @@ def _check_architecture(config: Config, saved: Config, source: Path) -> None:
 
 
 def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) -> Config:
-    """Check that every speaker's inputs were made with the features `config`
-    trains on, and all with the same data settings; returns `config` with those
-    data settings (trim rule, split, speed factors, copies: what preprocess.py
-    decided, `Config.DATA_FIELDS`), which the checkpoint's config.json records and
+    """Check that every speaker's inputs were made with the same features and
+    the same data settings; returns `config` with them (features, trim rule,
+    split, speed factors, copies: what preprocess.py decided, `Config.DATA_FIELDS`),
+    which the model is built for, the checkpoint's config.json records and
     scoring applies. Inputs written before they recorded their settings get the
     cache's audio settings and the speed factors and copies they hold."""
-    expected = config.feature_settings()
-    for speaker, data in sorted(inputs.items()):
-        settings = data.get("feature_settings")
-        if settings is not None and settings != expected:
-            raise TrainingError(f"{cache_dir}/inputs/{speaker}.pkl: features made with {settings}, "
-                                f"training expects {expected}; regenerate the inputs")
+    features = {speaker: data.get("feature_settings") for speaker, data in sorted(inputs.items())
+                if data.get("feature_settings") is not None}
+    if features:
+        (first, expected), *rest = features.items()
+        for speaker, settings in rest:
+            if settings != expected:
+                raise TrainingError(f"{cache_dir}/inputs/{speaker}.pkl: features made with {settings}, "
+                                    f"{cache_dir}/inputs/{first}.pkl with {expected}; regenerate the inputs")
+        config = config.override(**expected)
     recorded = inputs_data_settings(inputs)
     if recorded is None:
         from deep_speaker.audio_cache import read_audio_settings
@@ -145,12 +148,29 @@ def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) ->
         speeds = sorted({float(data.get("speed", 1.0)) for data in inputs.values()} - {1.0})
         copies = max((int(data.get("augmented_copy", 0)) for data in inputs.values()), default=0)
         recorded = {**audio, "speed_perturbations": speeds, "augment_copies": copies}
-    different = [f"{k}: {v!r} in the inputs, {getattr(config, k)!r} for training" for k, v in recorded.items()
-                 if k in expected and v != expected[k]]
+    different = [f"{k}: {v!r} in the data settings, {config.feature_settings()[k]!r} in the features"
+                 for k, v in recorded.items() if features and k in FEATURE_FIELDS and v != config.feature_settings()[k]]
     if different:
-        raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
-                            f"regenerate the inputs")
+        raise TrainingError(f"{cache_dir}/inputs: features made with other settings than their data settings say "
+                            f"({'; '.join(different)}); regenerate the inputs")
     return config.override(**recorded)
+
+
+def _inputs_config(cache_dir: Path, config: Config) -> Config:
+    """`config` with the data settings of the training inputs (what preprocess.py
+    decided: `inputs/settings.json`; for inputs older than that record, the
+    feature settings their first pickle records), so that the model is built for
+    their num_fbanks and config.json records them; `_check_features` then checks
+    every speaker against them. Without inputs (a cache holding only the feature
+    store) `_store_banks` takes the store's."""
+    from deep_speaker.training_inputs import INPUTS_DIR, load_inputs_file, read_inputs_settings
+
+    recorded = read_inputs_settings(cache_dir)
+    if recorded is not None:
+        return config.override(**{k: recorded[k] for k in DATA_FIELDS})
+    first = next(iter(sorted((cache_dir / INPUTS_DIR).glob("*.pkl"))), None)
+    settings = load_inputs_file(first).get("feature_settings") if first is not None else None
+    return config.override(**settings) if settings else config
 
 
 def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, checkpoint_dir: Path,
@@ -165,11 +185,11 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
     recorded = read_inputs_settings(cache_dir)
     if recorded is not None:
         data = {k: recorded[k] for k in DATA_FIELDS}
-        different = [f"{k}: {data[k]!r} in the inputs, {getattr(config, k)!r} for training"
+        different = [f"{k}: {data[k]!r} there, {getattr(config, k)!r} in the pickles"
                      for k in FEATURE_FIELDS if data[k] != getattr(config, k)]
-        if different:
-            raise TrainingError(f"{cache_dir}/inputs: features made with other settings ({'; '.join(different)}); "
-                                f"regenerate the inputs")
+        if different:  # training took the settings from there: only a stage 2 cut short gets here
+            raise TrainingError(f"{cache_dir}/inputs/settings.json records other features than the inputs "
+                                f"({'; '.join(different)}); regenerate the inputs")
         config = config.override(**data)
     elif not config.speed_perturbations and not config.augment_copies:  # nothing read from the inputs' pickles
         from deep_speaker.training_inputs import legacy_inputs_data_settings
@@ -246,13 +266,15 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     folder.commit(state["epoch"] if state is not None else 0)
     if state is not None:
         saved = Config.load(folder.config)
-        _check_architecture(config, saved, folder.config)
+        # num_fbanks comes from the inputs: checked below, once training has taken it from them
+        _check_architecture(config, saved, folder.config, [f for f in ARCHITECTURE_FIELDS if f not in DATA_FIELDS])
         if state["epoch"] >= config.epochs:
             log.info("%s stage already finished (%d epochs) in %s; --restart to train again",
                      stage, state["epoch"], folder.path)
             return StageResult(stage, folder.path, state["epoch"], state.get("best", {}), already_finished=True)
 
     bank_for_share = None
+    config = _inputs_config(cache_dir, config)
     if input_pipeline == "store":
         config, speakers, train_bank, test_bank, bank_for_share = _store_banks(cache_dir, config, store_shard_mb)
     else:
@@ -267,7 +289,13 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     if state is not None and saved.speakers != speakers:
         raise TrainingError(f"{folder.config}: trained on other speakers than {cache_dir}/inputs holds; "
                             f"use the same cache, or --restart")
-    config = config.override(speakers=speakers)
+    # The settings it trains with and records: the inputs' data settings; a resumed stage, or one
+    # started from an earlier stage, trained on inputs made with other ones is refused here.
+    config = _recorded_config(stage, config.override(speakers=speakers, mixed_precision=mixed_precision),
+                              strategy_name, cache_dir, checkpoint_dir, saved if state is not None else None,
+                              folder.config)
+    if state is not None:
+        _check_architecture(config, saved, folder.config)
     if input_pipeline == "memory":
         train_bank = make_bank(inputs, "train", speakers)
         test_bank = make_bank(inputs, "test", speakers)
@@ -293,8 +321,6 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
         keras.mixed_precision.set_global_policy("mixed_float16")
     if state is not None:
         _restore_optimizer(optimizer, folder.last_optimizer)
-    config = _recorded_config(stage, config.override(mixed_precision=mixed_precision), strategy_name, cache_dir,
-                              checkpoint_dir, saved if state is not None else None, folder.config)
     config.save(folder.config)
 
     trainer = _Trainer(stage, config, strategy, model, embedding_model, optimizer, train_bank, test_bank,
@@ -323,13 +349,15 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
 
 def _store_banks(cache_dir: Path, config: Config, store_shard_mb: float | None):
     """(config, speakers, train bank, test bank, share -> train bank) from the
-    feature store, packed from inputs/ first when it is missing or stale; the
-    config after `_check_features` on what the inputs recorded. A cache with a
-    store and no inputs/ (a worker given only the store) trains from the store."""
+    feature store, packed from inputs/ first when it is missing or stale (with the
+    inputs' settings, which `config` holds: `_inputs_config`); the config after
+    `_check_features` on what the inputs recorded. A cache with a store and no
+    inputs/ (a worker given only the store) trains from the store, with its settings."""
     from deep_speaker.feature_store import (DEFAULT_SHARD_MB, FeatureStore, StoreError, inputs_signature,
                                             pack_store, store_dir)
 
-    if inputs_signature(cache_dir) is not None:
+    has_inputs = inputs_signature(cache_dir) is not None
+    if has_inputs:  # packed with the inputs' settings, which `config` holds (`_inputs_config`)
         summary = pack_store(cache_dir, config, max_shard_mb=store_shard_mb or DEFAULT_SHARD_MB)
         if summary.packed:
             print(summary.line(), flush=True)
@@ -338,7 +366,9 @@ def _store_banks(cache_dir: Path, config: Config, store_shard_mb: float | None):
                                 f"--generate_training_inputs)")
     try:
         store = FeatureStore(cache_dir)
-        store.check_settings(config)
+        if not has_inputs:  # only the store: its manifest is the record of the features
+            config = config.override(**store.manifest.get("feature_settings", {}))
+        store.check_settings(config)  # a store packed with other settings than the inputs'
         config = _check_features(store.stand_ins(), config, cache_dir)
         speakers, _ = store.classes(config.perturbed_speakers)
         if len(speakers) < 2:

@@ -9,6 +9,9 @@
   comp_cos.
 - A real speaker folder named ``Ann-aug2`` stays a speaker of its own.
 - A version-1 config.json (the shipped model's) loads as documented.
+- Every data setting is a preprocess.py flag: 40-band, 20 ms-hop inputs train a model
+  built for them, its config.json records them and scoring applies them; an update
+  of the cache with other audio settings is refused in one line.
 
 Real speech: `vctk_corpus` (vctk-mini, or the same recordings from the vendored demo).
 """
@@ -193,7 +196,8 @@ def test_the_cache_keeps_its_trim(energy_run, samples_dir, tmp_path):
     assert code == 2 and len(err.splitlines()) == 1 and "other settings (trim: 'energy' vs 'percentile'" in err
     code, _, err = call(preprocess.main, "--generate_training_inputs", "--trim", "percentile",
                         "--cache_output_dir", cache)
-    assert code == 2 and len(err.splitlines()) == 1 and "trimmed with --trim energy" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "other settings (trim: 'energy' vs 'percentile'" in err
+    assert "the training inputs take the cache's settings" in err
     # without --trim an update keeps the cache's rule
     code, _, err = call(preprocess.main, "--update_cache", "--audio_dir", samples_dir, "--cache_output_dir", cache)
     assert code == 0, err
@@ -282,3 +286,93 @@ def test_inputs_made_before_the_record_still_give_a_complete_config(energy_run, 
     config = _recorded_config("softmax", Config(), "default", cache, tmp_path / "checkpoints", None, tmp_path)
     assert (config.trim, config.speed_perturbations, config.augment_copies) == ("energy", [1.1], 0)
     assert config.config_version == CONFIG_VERSION and config.stage == "softmax"
+
+
+# --- every data setting is a preprocess.py flag: the features follow the inputs ------------------------
+
+TINY_40 = ["--epochs", "1", "--steps_per_epoch", "2", "--batch_size", "4", "--width", "0.0625", "--frames", "32"]
+
+
+@pytest.fixture(scope="module")
+def fbank40_run(vctk_corpus, tmp_path_factory) -> dict:
+    """Three VCTK speakers preprocessed with --num_fbanks 40 --frame_shift_ms 20, and a
+    one-epoch softmax stage trained on them with no feature flag (train_cli.py has none)."""
+    root = tmp_path_factory.mktemp("fbank40")
+    corpus, cache, checkpoints = root / "corpus", root / "cache", root / "checkpoints"
+    for speaker in ("p225", "p226", "p227"):
+        shutil.copytree(vctk_corpus / "wav48" / speaker, corpus / speaker)
+    code, _, err = call(preprocess.main, "--regenerate_full_cache", "--generate_training_inputs", "--num_fbanks", "40",
+                        "--frame_shift_ms", "20", "--audio_dir", corpus, "--cache_output_dir", cache)
+    assert code == 0, err
+    code, _, err = call(train_cli.main, "--loss_on_softmax", *TINY_40, "--cache_output_dir", cache,
+                        "--checkpoint_dir", checkpoints)
+    assert code == 0, err
+    return {"corpus": corpus, "cache": cache, "checkpoints": checkpoints}
+
+
+def test_preprocess_has_a_flag_for_every_data_setting():
+    actions = {a.config_field: a for a in preprocess.build_parser()._actions if hasattr(a, "config_field")}
+    assert set(actions) == set(DATA_FIELDS) == set(preprocess.CONFIG_FLAGS)
+    assert actions["speed_perturbations"].option_strings[0] == "--speed_perturb"
+
+
+def test_40_band_inputs_train_a_40_band_model_that_scores_with_them(fbank40_run):
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.feature_store import FeatureStore
+
+    cache, checkpoints = fbank40_run["cache"], fbank40_run["checkpoints"]
+    recorded = read_inputs_settings(cache)
+    assert (recorded["num_fbanks"], recorded["frame_shift_ms"], recorded["sample_rate_hz"]) == (40, 20.0, 8000)
+    inputs = load_inputs(cache)
+    assert sorted(inputs) == ["p225", "p226", "p227"]
+    assert {frames.shape[1] for data in inputs.values() for frames in data["train"] + data["test"]} == {40}
+    store = FeatureStore(cache)
+    assert store.num_fbanks == 40 and store.manifest["feature_settings"] == Config(
+        num_fbanks=40, frame_shift_ms=20.0).feature_settings()
+
+    config = json.loads((checkpoints / "softmax" / "config.json").read_text())
+    assert (config["num_fbanks"], config["frame_shift_ms"], config["width"]) == (40, 20.0, 0.0625)
+    assert {k: config[k] for k in DATA_FIELDS} == {k: recorded[k] for k in DATA_FIELDS}
+
+    encoder = SpeakerEncoder(checkpoint_dir=checkpoints)
+    assert (encoder.config.num_fbanks, encoder.config.frame_shift_ms) == (40, 20.0)
+    embedding = encoder.embed_file(fbank40_run["corpus"] / "p225" / "p225_001.wav")
+    assert embedding.shape == (encoder.embedding_dim,) and np.all(np.isfinite(embedding))
+    assert abs(float(np.linalg.norm(embedding)) - 1.0) < 1e-4
+
+
+def test_audio_flags_that_differ_from_the_cache_are_refused_in_one_line(fbank40_run):
+    cache, corpus = fbank40_run["cache"], fbank40_run["corpus"]
+    settings = (cache / AUDIO_CACHE_DIR / "settings.json").read_bytes()
+    code, _, err = call(preprocess.main, "--update_cache", "--sample_rate_hz", "16000", "--audio_dir", corpus,
+                        "--cache_output_dir", cache)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert str(cache / AUDIO_CACHE_DIR) in err and "sample_rate_hz: 8000 vs 16000" in err
+    assert "--regenerate_full_cache --sample_rate_hz 16000" in err
+    code, _, err = call(preprocess.main, "--generate_training_inputs", "--min_voice_ms", "300",
+                        "--cache_output_dir", cache)
+    assert code == 2 and len(err.splitlines()) == 1 and "min_voice_ms: 100.0 vs 300.0" in err, err
+    assert (cache / AUDIO_CACHE_DIR / "settings.json").read_bytes() == settings
+    assert read_inputs_settings(cache)["num_fbanks"] == 40  # nothing was rebuilt
+
+
+def test_stages_on_inputs_made_with_other_features_are_refused(fbank40_run, tmp_path):
+    cache, checkpoints = tmp_path / "cache", tmp_path / "checkpoints"
+    shutil.copytree(fbank40_run["cache"], cache, ignore=shutil.ignore_patterns("store"))
+    shutil.copytree(fbank40_run["checkpoints"] / "softmax", checkpoints / "softmax",
+                    ignore=shutil.ignore_patterns("tensorboard"))
+    code, _, err = call(preprocess.main, "--generate_training_inputs", "--cache_output_dir", cache)  # 64 bands
+    assert code == 0, err
+    assert read_inputs_settings(cache)["num_fbanks"] == 64
+    # The next stage starts from the 40-band softmax model: refused before anything is built.
+    code, _, err = call(train_cli.main, "--loss_on_embeddings", "--normalize_embeddings", *TINY_40,
+                        "--cache_output_dir", cache, "--checkpoint_dir", checkpoints)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "the softmax stage was trained on inputs made with other settings" in err and "num_fbanks: 40" in err
+    assert not (checkpoints / "triplet" / "state.json").exists()
+    # Resuming the softmax stage on them: refused too.
+    code, _, err = call(train_cli.main, "--loss_on_softmax", *TINY_40, "--epochs", "2", "--cache_output_dir", cache,
+                        "--checkpoint_dir", checkpoints)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "stage was trained on inputs made with other settings" in err and "num_fbanks: 40 there vs 64 now" in err
+    assert json.loads((checkpoints / "softmax" / "state.json").read_text())["epoch"] == 1

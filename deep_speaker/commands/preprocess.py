@@ -7,13 +7,17 @@ import math
 from deep_speaker.commands.common import (DATA_ROOT, DEFAULT_CACHE_DIR, comma_list, parser,
                                           positive_float, positive_int, run, setup_logging)
 from deep_speaker.commands.config_flags import add_config_flags, config_from_args
+from deep_speaker.config import AUDIO_FIELDS, DATA_FIELDS
 
-# The Config fields preprocess.py takes from flags (default, help and bounds from Config).
-CONFIG_FLAGS = ("trim", "speed_perturbations", "augment_copies")
+# The Config fields preprocess.py takes from flags (default, help and bounds from Config): every data
+# setting. Stage 1 applies the audio ones (config.AUDIO_FIELDS), stage 2 the rest.
+CONFIG_FLAGS = DATA_FIELDS
+AUDIO_FLAGS = AUDIO_FIELDS
+INPUTS_FLAGS = tuple(name for name in DATA_FIELDS if name not in AUDIO_FIELDS)
 
 
 def build_parser():
-    p = parser("Deep Speaker preprocessing: cache 8 kHz trimmed audio, then build training inputs.")
+    p = parser("Deep Speaker preprocessing: cache trimmed audio (8 kHz by default), then build training inputs.")
     stage = p.add_argument_group("stages (at least one)")
     mode = stage.add_mutually_exclusive_group()
     mode.add_argument("--regenerate_full_cache", action="store_true",
@@ -32,15 +36,9 @@ def build_parser():
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="cache only the I-th of N deterministic shards of the files (cluster job arrays)")
     p.add_argument("--mic", type=int, choices=(1, 2), default=1, help="VCTK 0.92 microphone")
-    add_config_flags(p, ("trim",), helps={
-        "trim": "silence trim of the audio cache: the seed's 95th-percentile rule, or frame energy like librosa "
-                "(default: the rule the cache records, percentile for a new cache); recorded in the cache, and from "
-                "there in the training inputs and the model's config.json"})
     p.add_argument("--unseen_speakers", type=comma_list, default=None, metavar="A,B,...",
                    help="speakers left out of the training inputs (default: p363,p364,p374,p376 for VCTK, "
                         "none for other corpora)")
-    add_config_flags(p, ("speed_perturbations", "augment_copies"), flag_names={"speed_perturbations": "speed_perturb"},
-                     metavars={"speed_perturbations": "F1,F2", "augment_copies": "N"})
     p.add_argument("--lock_timeout", type=non_negative_float, default=None, metavar="SECONDS",
                    help="when another run is working on the same cache folder, give up after this many seconds "
                         "(default: wait until it finishes; --shard runs of one job array do not wait for each other)")
@@ -48,6 +46,22 @@ def build_parser():
                    help="--generate_training_inputs also packs the feature store training reads "
                         "(<cache>/store/, float16 shards): largest shard in MB (default 256)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
+    audio = p.add_argument_group(
+        "audio cache settings (stage 1)",
+        "applied by --regenerate_full_cache; --update_cache and --generate_training_inputs take the settings the "
+        "cache records (a flag that differs from them is refused), so the defaults below are a new cache's. "
+        "Recorded in the cache (audio_cache_pkl/settings.json), and from there in the training inputs and the "
+        "model's config.json")
+    add_config_flags(audio, AUDIO_FLAGS, helps={
+        "trim": "silence trim of the audio cache: the seed's 95th-percentile rule, or frame energy like librosa "
+                "(default: the rule the cache records, percentile for a new cache); recorded in the cache, and from "
+                "there in the training inputs and the model's config.json"})
+    inputs = p.add_argument_group(
+        "training inputs settings (stage 2)",
+        "applied by --generate_training_inputs (the sample rate is the cache's); recorded in inputs/settings.json, "
+        "and from there in the model's config.json: training builds its model for them and scoring applies them")
+    add_config_flags(inputs, INPUTS_FLAGS, flag_names={"speed_perturbations": "speed_perturb"},
+                     metavars={"speed_perturbations": "F1,F2", "augment_copies": "N"})
     return p
 
 
@@ -77,8 +91,8 @@ def _main(argv) -> int:
     from deep_speaker.parallel import default_workers
     from deep_speaker.preprocessing import default_audio_dirs, preprocess
 
-    config = config_from_args(args, CONFIG_FLAGS, base=Config().override(**_trim_of(args)))
     mode = _cache_mode(args)
+    config = config_from_args(args, INPUTS_FLAGS, base=Config().override(**_audio_settings_of(args)))
     preprocess(args.cache_output_dir, config, cache_mode=mode,
                audio_dirs=(args.audio_dir or default_audio_dirs(DATA_ROOT)) if mode else None,
                generate_inputs=args.generate_training_inputs, unseen_speakers=args.unseen_speakers,
@@ -92,8 +106,11 @@ def _cache_mode(args) -> str | None:
     return "regenerate" if args.regenerate_full_cache else "update" if args.update_cache else None
 
 
-def _trim_of(args) -> dict:
-    """{'trim': ...} for the Config: the flag, else what the cache records (`trim_setting`)."""
-    from deep_speaker.preprocessing import trim_setting
+def _audio_settings_of(args) -> dict:
+    """The audio settings for the Config: the flags over Config's defaults for a
+    new or regenerated cache, else what the cache records, where a flag that
+    differs is refused (`audio_settings_of_run`)."""
+    from deep_speaker.preprocessing import audio_settings_of_run
 
-    return trim_setting(args.cache_output_dir, args.trim, _cache_mode(args))
+    return audio_settings_of_run(args.cache_output_dir, {name: getattr(args, name) for name in AUDIO_FLAGS},
+                                 _cache_mode(args))

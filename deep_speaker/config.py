@@ -226,6 +226,24 @@ class Config:
                               f"at {self.sample_rate_hz} Hz")
         return self
 
+    def check_frame_fits_fft(self) -> "Config":
+        """Refuse features whose FFT is shorter than a frame (python_speech_features
+        would cut every frame short, with only a log warning); returns self. Checked
+        where features are made (stage 2), not in `validate`, so a cache can be
+        built at a high rate before the inputs' --fft_size is chosen.
+
+        >>> Config(sample_rate_hz=48000).check_frame_fits_fft()
+        Traceback (most recent call last):
+        ...
+        deep_speaker.config.ConfigError: config: fft_size 512 is shorter than a 25 ms frame at 48000 Hz (1200 samples); set fft_size to at least 1200, e.g. 2048
+        """
+        if self.fft_size < self.frame_length_samples:  # the FFT would cut the window short
+            raise ConfigError(f"config: fft_size {self.fft_size} is shorter than a {self.frame_length_ms:g} ms frame "
+                              f"at {self.sample_rate_hz} Hz ({self.frame_length_samples} samples); set fft_size to "
+                              f"at least {self.frame_length_samples}, e.g. "
+                              f"{1 << (self.frame_length_samples - 1).bit_length()}")
+        return self
+
     def override(self, **overrides: Any) -> "Config":
         """A copy with some fields replaced; unknown names and wrong types are errors.
 

@@ -337,7 +337,7 @@ def _generate_locked(cache_dir: Path, config: Config, unseen_speakers, workers: 
     if not recorded:
         log.warning("%s records no audio settings (made before they were recorded): the inputs record %s",
                     audio_cache_dir(cache_dir), ", ".join(f"{k}={v!r}" for k, v in audio_settings.items()))
-    config = config.override(**audio_settings)
+    config = config.override(**audio_settings).check_frame_fits_fft()
     if unseen_speakers is None:
         unseen_speakers = default_unseen_speakers(by_speaker)
     elif unknown := sorted(set(unseen_speakers) - by_speaker.keys()):

@@ -164,6 +164,8 @@ VALID = [
 INVALID = [
     # preprocess
     Case("preprocess", "--cache_output_dir {tmp}/c", error=r"choose --regenerate_full_cache, --update_cache"),
+    Case("preprocess", "--update_cache --num_fbanks 40 --audio_dir {corpus} --cache_output_dir {tmp}/c",
+         error=r"--num_fbanks is a training inputs setting: it goes with --generate_training_inputs"),
     Case("preprocess", "--regenerate_full_cache --update_cache --audio_dir {corpus}",
          error=r"argument --update_cache: not allowed with argument --regenerate_full_cache"),
     Case("preprocess", "--regenerate_full_cache --audio_dir {tmp}/missing --cache_output_dir {tmp}/c",

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from deep_speaker.audio import read_audio, resample, voice_bounds_energy
 from deep_speaker.audio_cache import (AUDIO_CACHE_DIR, SEED_AUDIO_SETTINGS, load_cached_utterance, read_audio_settings,
@@ -376,3 +377,24 @@ def test_stages_on_inputs_made_with_other_features_are_refused(fbank40_run, tmp_
     assert code == 2 and len(err.splitlines()) == 1, err
     assert "stage was trained on inputs made with other settings" in err and "num_fbanks: 40 there vs 64 now" in err
     assert json.loads((checkpoints / "softmax" / "state.json").read_text())["epoch"] == 1
+
+
+def test_inputs_refuse_an_fft_shorter_than_a_frame(tmp_path, capsys):
+    """At 16 kHz a 40 ms frame is 640 samples: a 512-point FFT would cut every frame short
+    (python_speech_features only logs it), so stage 2 refuses in one line and says what to set."""
+    from deep_speaker.commands import preprocess
+
+    corpus = tmp_path / "corpus" / "spk"
+    corpus.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        sf.write(corpus / f"u{k}.wav", 0.3 * rng.standard_normal(16000).astype(np.float32), 16000)
+    cache = tmp_path / "cache"
+    assert preprocess.main(["--regenerate_full_cache", "--audio_dir", str(tmp_path / "corpus"), "--cache_output_dir",
+                            str(cache), "--sample_rate_hz", "16000"]) == 0
+    capsys.readouterr()
+    assert preprocess.main(["--generate_training_inputs", "--cache_output_dir", str(cache),
+                            "--frame_length_ms", "40"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fft_size 512 is shorter than a 40 ms frame" in err[0] and "1024" in err[0], err
+    assert not (cache / "inputs").exists() or not list((cache / "inputs").glob("*.pkl"))

@@ -84,6 +84,9 @@ def _main(argv) -> int:
     args = p.parse_args(argv)
     if not (args.regenerate_full_cache or args.update_cache or args.generate_training_inputs):
         p.error("choose --regenerate_full_cache, --update_cache and/or --generate_training_inputs")
+    ignored = [name for name in INPUTS_FLAGS if getattr(args, name) is not None]
+    if ignored and not args.generate_training_inputs:  # a setting that would silently do nothing
+        p.error(f"{_flag(p, ignored[0])} is a training inputs setting: it goes with --generate_training_inputs")
     setup_logging(args.verbose)
 
     from deep_speaker.config import Config
@@ -114,3 +117,8 @@ def _audio_settings_of(args) -> dict:
 
     return audio_settings_of_run(args.cache_output_dir, {name: getattr(args, name) for name in AUDIO_FLAGS},
                                  _cache_mode(args))
+
+
+def _flag(p, dest: str) -> str:
+    """The command-line spelling of the flag that stores into `dest`."""
+    return next(action.option_strings[0] for action in p._actions if action.dest == dest and action.option_strings)

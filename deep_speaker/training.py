@@ -173,7 +173,7 @@ def _inputs_config(cache_dir: Path, config: Config) -> Config:
     return config.override(**settings) if settings else config
 
 
-def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, checkpoint_dir: Path,
+def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, earlier_dir: Path,
                      saved: Config | None, where: Path) -> Config:
     """The config.json of a stage: every setting it trains with, the data
     settings of the inputs (``inputs/settings.json``, which stage 2 writes after
@@ -203,7 +203,7 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
                                 f"({'; '.join(different)}); use the same cache, or --restart")
         earlier = saved.earlier_stages
     else:
-        earlier = _earlier_stages(stage, config, checkpoint_dir)
+        earlier = _earlier_stages(stage, config, earlier_dir)
     return config.override(stage=stage, strategy=strategy_name, earlier_stages=earlier,
                            config_version=CONFIG_VERSION)
 
@@ -227,8 +227,13 @@ def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[di
 def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_dir: str | Path, *,
                 strategy_name: str = "default", restart: bool = False, input_pipeline: str = "store",
                 mixed_precision: bool = False, deterministic: bool = False, log_every: int = DEFAULT_LOG_EVERY,
-                store_shard_mb: float | None = None) -> StageResult:
+                store_shard_mb: float | None = None, start_from: str | Path | None = None) -> StageResult:
     """Run (or resume) one training stage; returns what it achieved.
+
+    start_from: the checkpoint folder holding the stage this one starts from
+    (default `checkpoint_dir`), e.g. a triplet stage on a subset of the corpus
+    (its own cache and checkpoint folder) from a softmax stage trained on all of it.
+    The two caches must share their data settings (refused otherwise).
 
     input_pipeline "store" streams windows from ``<cache>/store/`` (packed from
     ``inputs/`` first when missing or stale), "memory" loads every frame into
@@ -240,18 +245,21 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
         raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if input_pipeline not in INPUT_PIPELINES:
         raise TrainingError(f"unknown input pipeline {input_pipeline!r}; choose one of {', '.join(INPUT_PIPELINES)}")
+    if start_from is not None and stage not in EARLIER_STAGE:
+        raise TrainingError(f"the {stage} stage starts from scratch: it takes no earlier stage to start from")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = keras.mixed_precision.global_policy()
     try:
         return _train_stage(stage, config, Path(cache_dir), Path(checkpoint_dir), strategy_name, restart,
-                            input_pipeline, mixed_precision, log_every, store_shard_mb)
+                            input_pipeline, mixed_precision, log_every, store_shard_mb,
+                            Path(start_from) if start_from is not None else Path(checkpoint_dir))
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
 def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restart, input_pipeline, mixed_precision,
-                 log_every, store_shard_mb) -> StageResult:
+                 log_every, store_shard_mb, earlier_dir) -> StageResult:
     strategy = make_strategy(strategy_name)
     is_chief, task_id = _worker_identity(strategy)
     folder = StageFolder.of(checkpoint_dir, stage, worker=None if is_chief else task_id)
@@ -292,7 +300,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     # The settings it trains with and records: the inputs' data settings; a resumed stage, or one
     # started from an earlier stage, trained on inputs made with other ones is refused here.
     config = _recorded_config(stage, config.override(speakers=speakers, mixed_precision=mixed_precision),
-                              strategy_name, cache_dir, checkpoint_dir, saved if state is not None else None,
+                              strategy_name, cache_dir, earlier_dir, saved if state is not None else None,
                               folder.config)
     if state is not None:
         _check_architecture(config, saved, folder.config)
@@ -306,7 +314,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     with strategy.scope():
-        model, embedding_model = _build_stage_model(stage, config, checkpoint_dir, folder, state)
+        model, embedding_model = _build_stage_model(stage, config, earlier_dir, folder, state)
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config))
         if mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -401,7 +409,7 @@ def _learning_rate(config: Config):
     raise TrainingError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
 
 
-def _build_stage_model(stage, config, checkpoint_dir, folder, state):
+def _build_stage_model(stage, config, earlier_dir, folder, state):
     """The training model and its embedding part, with the right starting weights.
 
     Built in the strategy's scope. With several replicas, batch normalisation
@@ -412,7 +420,7 @@ def _build_stage_model(stage, config, checkpoint_dir, folder, state):
     if state is not None:
         model.set_weights(load_checkpoint(folder.last).get_weights())
     elif stage in EARLIER_STAGE:
-        _start_from(EARLIER_STAGE[stage], checkpoint_dir, embedding_model, config)
+        _start_from(EARLIER_STAGE[stage], earlier_dir, embedding_model, config)
     if stage == "softmax_frozen":
         for layer in embedding_model.layers:
             layer.trainable = False

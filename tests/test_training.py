@@ -175,6 +175,30 @@ def test_triplet_without_a_softmax_checkpoint_is_one_line_exit_2(cache, tmp_path
     assert code == 2 and err.count("\n") == 1 and "triplet/best.keras" in err
 
 
+def test_triplet_on_a_subset_starts_from_the_softmax_stage_of_another_folder(cache, pipeline, softmax_run, tmp_path):
+    """The pretrained recipe's read-English stage: a triplet stage on its own cache (three of
+    the six speakers) and checkpoint folder, starting from the whole corpus's softmax stage."""
+    subset = tmp_path / "subset-cache"
+    subset.mkdir()
+    for name in ("audio_cache_pkl", "audio_cache_index"):
+        (shutil.copytree if (cache / name).is_dir() else shutil.copyfile)(cache / name, subset / name)
+    assert preprocess.main(["--generate_training_inputs", "--cache_output_dir", str(subset),
+                            "--unseen_speakers", "32,39,40"]) == 0
+    own = tmp_path / "subset-checkpoints"
+    code, out, err = train(subset, own, *TRIPLET, "--epochs", "1", "--start_from", str(pipeline))
+    assert code == 0, err
+    config = json.loads((own / "triplet" / "config.json").read_text())
+    assert config["speakers"] == ["19", "26", "27"]
+    assert [stage["stage"] for stage in config["earlier_stages"]] == ["softmax"]
+    assert not (own / "softmax").exists()
+    # Without --start_from the folder of its own has no softmax stage to start from.
+    code, out, err = train(subset, tmp_path / "empty", *TRIPLET, "--epochs", "1")
+    assert code == 2 and "softmax/best.keras" in err
+    with pytest.raises(SystemExit) as usage_error:  # softmax pre-training starts from scratch
+        train(subset, own, *SOFTMAX, "--start_from", str(pipeline))
+    assert usage_error.value.code == 2
+
+
 class _Killed(BaseException):
     """Stands for a SIGKILL at one precise point of the checkpointing."""
 

@@ -28,6 +28,10 @@ def build_parser():
                    help="with --loss_on_softmax: train only a new softmax head on the frozen triplet embeddings")
     p.add_argument("--cache_output_dir", default=str(DEFAULT_CACHE_DIR), help="cache holding inputs/")
     p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR), help="one sub-folder per stage")
+    p.add_argument("--start_from", default=None, metavar="DIR",
+                   help="--loss_on_embeddings / --freeze_embedding_weights: the checkpoint folder holding the stage "
+                        "this one starts from (default: --checkpoint_dir), e.g. a triplet stage on a subset's cache "
+                        "from a softmax stage trained on the whole corpus (same data settings)")
     settings = p.add_argument_group("training settings (a flag given here wins over --config FILE)")
     settings.add_argument("--config", metavar="FILE", default=None,
                           help="JSON object of Config fields to train with: a recipe (scripts/recipes/*.json) or a "
@@ -76,6 +80,9 @@ def _main(argv) -> int:
         stage = "triplet"
     else:
         stage = "softmax_frozen" if args.freeze_embedding_weights else "softmax"
+    if args.start_from is not None and stage == "softmax":
+        p.error("--start_from goes with --loss_on_embeddings or --freeze_embedding_weights: softmax pre-training "
+                "starts from scratch")
 
     config = training_config(args)  # a bad setting or --config file is reported before TensorFlow is imported
     if stage == "triplet" and config.batch_size > 1024:
@@ -86,7 +93,8 @@ def _main(argv) -> int:
         result = train_stage(stage, config, args.cache_output_dir, args.checkpoint_dir,
                              strategy_name=args.strategy, restart=args.restart, input_pipeline=args.input_pipeline,
                              mixed_precision=args.mixed_precision, deterministic=args.deterministic,
-                             log_every=args.log_every, store_shard_mb=args.store_shard_mb)
+                             log_every=args.log_every, store_shard_mb=args.store_shard_mb,
+                             start_from=args.start_from)
     except TrainingError as error:
         raise CommandError(str(error)) from None
     for line in result.lines():

@@ -248,6 +248,9 @@ def run_script(tmp_path: Path, env: dict) -> list[list[str]]:
 def test_train_pretrained_sh_trains_with_the_recipes(env, epochs, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)  # the script's --config paths are relative to the repository
     softmax, triplet = run_script(tmp_path, env)
+    # The triplet stage: the read-English speakers' own cache, from the softmax stage of every set.
+    assert triplet[triplet.index("--start_from") + 1] == softmax[softmax.index("--checkpoint_dir") + 1]
+    assert triplet[triplet.index("--cache_output_dir") + 1].endswith("cache-read")
     for argv, stage, n in ((softmax, "softmax", epochs[0]), (triplet, "triplet", epochs[1])):
         assert f"scripts/recipes/pretrained_{stage}.json" in argv
         assert parse_train(argv) == Config().override(**EXPECTED[stage]).override(epochs=n), stage

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import soundfile
 
+from deep_speaker.config import Config
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data; DEEP_SPEAKER_SHARED_DATA=<folder> points elsewhere (e.g. at a missing folder, to check
 # what the suite does without it: demo fallbacks pass, the rest skip, or fail under CI=true).
@@ -85,6 +87,40 @@ def samples_dir() -> Path:
     """The seed's extra speaker, ``samples/PhilippeRemy/*.wav``: ../shared/data/samples, else the demo's."""
     shared = SHARED_DATA / "samples"
     return shared if shared.is_dir() else DEMO_DATA / "samples"
+
+
+# The config of `tiny_model`, the random model of tests that need a model's shape, not its quality.
+TINY_CONFIG = Config(width=0.125)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """best.keras (+ config.json beside it) of a width-0.125 embedding model with
+    random weights (seed 0): for tests of what scoring does with audio, not of
+    what a trained model scores."""
+    import keras
+
+    from deep_speaker.model import build_embedding_model
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    keras.utils.set_random_seed(0)
+    build_embedding_model(TINY_CONFIG).save(folder / "best.keras")
+    TINY_CONFIG.save(folder / "config.json")
+    return folder / "best.keras"
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` free TCP ports on localhost (for TF_CONFIG clusters of local workers)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def synthesize(kind: str, sample_rate: int = 16000, seconds: float = 1.0, *, frequency: float = 440.0,

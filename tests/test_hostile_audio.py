@@ -22,12 +22,12 @@ import soundfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import TINY_CONFIG
 from deep_speaker import scoring
 from deep_speaker.audio import AudioError
 from deep_speaker.commands import comp_cos, get_emb
-from deep_speaker.config import Config
 
-TINY = Config(width=0.125)
+TINY = TINY_CONFIG  # tiny_model's config
 SUBTYPES = {"WAV": ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"],
             "FLAC": ["PCM_S8", "PCM_16", "PCM_24"]}
 FLOAT_SUBTYPES = {"FLOAT", "DOUBLE"}
@@ -37,18 +37,10 @@ EXAMPLE_SECONDS = 60  # an example running longer than this is a hang
 
 
 @pytest.fixture(scope="module")
-def embedder(tmp_path_factory):
-    import keras
-
-    from deep_speaker.model import build_embedding_model
-
-    folder = tmp_path_factory.mktemp("hostile-model")
-    keras.utils.set_random_seed(0)
-    build_embedding_model(TINY).save(folder / "best.keras")
-    TINY.save(folder / "config.json")
+def embedder(tiny_model):
     from deep_speaker.checkpoints import resolve_model
 
-    return scoring.Embedder(resolve_model(checkpoint=folder / "best.keras"))
+    return scoring.Embedder(resolve_model(checkpoint=tiny_model))
 
 
 @contextlib.contextmanager

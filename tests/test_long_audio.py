@@ -10,13 +10,13 @@ import pytest
 import soundfile
 import soxr
 
+from conftest import TINY_CONFIG
 from deep_speaker.audio import trim_utterance
-from deep_speaker.config import Config
 from deep_speaker.features import utterance_features
 from deep_speaker.long_audio import LONG_RECORDING_S, SEGMENT_HOP_S, SEGMENT_S, segments, stream_audio
 from deep_speaker.speech import detect_speech
 
-TINY = Config(width=0.125)
+TINY = TINY_CONFIG  # tiny_model's config
 RATE = 8000
 
 
@@ -47,17 +47,10 @@ def write_speechlike(path, minutes: float, rate: int = RATE) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    import keras
-
+def tiny_encoder(tiny_model):
     from deep_speaker.encoder import SpeakerEncoder
-    from deep_speaker.model import build_embedding_model
 
-    folder = tmp_path_factory.mktemp("tiny-model")
-    keras.utils.set_random_seed(0)
-    build_embedding_model(TINY).save(folder / "best.keras")
-    TINY.save(folder / "config.json")
-    return SpeakerEncoder(folder / "best.keras")
+    return SpeakerEncoder(tiny_model)
 
 
 def test_the_test_signal_counts_as_speech():

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import free_ports
 from deep_speaker.commands import download_corpus, preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -58,19 +59,6 @@ def quiet(main, argv) -> tuple[int, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
         code = main(argv)
     return code, out.getvalue()
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def test_librispeech_download_sharded_preprocessing_and_two_workers_reading_the_store(tmp_path):

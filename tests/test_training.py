@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, need_real_speech
+from conftest import SHARED_DATA, free_ports, need_real_speech
 from deep_speaker.commands import preprocess, train_cli
 from deep_speaker.config import Config
 from deep_speaker.model import EMBEDDING_LAYER, HEAD_LAYER, attach_head, build_embedding_model
@@ -386,17 +385,6 @@ def test_mirrored_strategy_on_two_logical_cpus(cache, tmp_path):
     # Replicas normalise with the statistics of the global batch, so they keep one
     # set of moving statistics.
     assert all(layer.synchronized for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def test_multiworker_strategy_with_two_local_workers(cache, tmp_path):

@@ -9,6 +9,7 @@ when a stage produced nothing at all (every file or speaker failed).
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -89,11 +90,9 @@ def preprocess(cache_dir: str | Path, config: Config, *, cache_mode: str | None 
         raise PreprocessError("the audio cache needs at least one corpus folder")
     if shard is not None and generate_inputs:
         raise PreprocessError("--shard splits the audio cache only; run --generate_training_inputs once, unsharded")
-    if cache_mode is not None and generate_inputs:  # hold the cache for both stages
-        with cache_lock(cache_dir, timeout=lock_timeout, purpose="preprocess"):
-            _stages(cache_dir, config, cache_mode, audio_dirs, generate_inputs, unseen_speakers, workers, shard,
-                    mic, lock_timeout, store_shard_mb, report)
-    else:
+    # Both stages: hold the cache across them, so no other run slips in between (each stage takes the lock too).
+    both = cache_mode is not None and generate_inputs
+    with cache_lock(cache_dir, timeout=lock_timeout, purpose="preprocess") if both else contextlib.nullcontext():
         _stages(cache_dir, config, cache_mode, audio_dirs, generate_inputs, unseen_speakers, workers, shard, mic,
                 lock_timeout, store_shard_mb, report)
 

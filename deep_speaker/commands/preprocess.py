@@ -14,6 +14,8 @@ from deep_speaker.config import AUDIO_FIELDS, DATA_FIELDS
 CONFIG_FLAGS = DATA_FIELDS
 AUDIO_FLAGS = AUDIO_FIELDS
 INPUTS_FLAGS = tuple(name for name in DATA_FIELDS if name not in AUDIO_FIELDS)
+# Flags spelled otherwise than their field (the seed's --speed_perturb).
+FLAG_NAMES = {"speed_perturbations": "speed_perturb"}
 
 
 def build_parser():
@@ -60,7 +62,7 @@ def build_parser():
         "training inputs settings (stage 2)",
         "applied by --generate_training_inputs (the sample rate is the cache's); recorded in inputs/settings.json, "
         "and from there in the model's config.json: training builds its model for them and scoring applies them")
-    add_config_flags(inputs, INPUTS_FLAGS, flag_names={"speed_perturbations": "speed_perturb"},
+    add_config_flags(inputs, INPUTS_FLAGS, flag_names=FLAG_NAMES,
                      metavars={"speed_perturbations": "F1,F2", "augment_copies": "N"})
     return p
 
@@ -86,7 +88,8 @@ def _main(argv) -> int:
         p.error("choose --regenerate_full_cache, --update_cache and/or --generate_training_inputs")
     ignored = [name for name in INPUTS_FLAGS if getattr(args, name) is not None]
     if ignored and not args.generate_training_inputs:  # a setting that would silently do nothing
-        p.error(f"{_flag(p, ignored[0])} is a training inputs setting: it goes with --generate_training_inputs")
+        flag = "--" + FLAG_NAMES.get(ignored[0], ignored[0])
+        p.error(f"{flag} is a training inputs setting: it goes with --generate_training_inputs")
     setup_logging(args.verbose)
 
     from deep_speaker.config import Config
@@ -118,7 +121,3 @@ def _audio_settings_of(args) -> dict:
     return audio_settings_of_run(args.cache_output_dir, {name: getattr(args, name) for name in AUDIO_FLAGS},
                                  _cache_mode(args))
 
-
-def _flag(p, dest: str) -> str:
-    """The command-line spelling of the flag that stores into `dest`."""
-    return next(action.option_strings[0] for action in p._actions if action.dest == dest and action.option_strings)

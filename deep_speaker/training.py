@@ -196,9 +196,7 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
 
         config = config.override(**legacy_inputs_data_settings(cache_dir))
     if saved is not None and saved.config_version >= 2:
-        if saved.data_settings() != config.data_settings():
-            different = [f"{k}: {v!r} there vs {config.data_settings()[k]!r} now"
-                         for k, v in saved.data_settings().items() if v != config.data_settings()[k]]
+        if different := _data_settings_differences(saved, config):
             raise TrainingError(f"{where}: stage was trained on inputs made with other settings "
                                 f"({'; '.join(different)}); use the same cache, or --restart")
         earlier = saved.earlier_stages
@@ -206,6 +204,13 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
         earlier = _earlier_stages(stage, config, earlier_dir)
     return config.override(stage=stage, strategy=strategy_name, earlier_stages=earlier,
                            config_version=CONFIG_VERSION)
+
+
+def _data_settings_differences(saved: Config, config: Config) -> list[str]:
+    """'<field>: <saved> there vs <now> now' for each data setting in which a
+    stage's saved config differs from the inputs trained on now."""
+    now = config.data_settings()
+    return [f"{k}: {v!r} there vs {now[k]!r} now" for k, v in saved.data_settings().items() if v != now[k]]
 
 
 def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[dict]:
@@ -216,9 +221,7 @@ def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[di
     if path is None or not path.is_file():
         return []
     before = Config.load(path)
-    if before.config_version >= 2 and before.data_settings() != config.data_settings():
-        different = [f"{k}: {v!r} there vs {config.data_settings()[k]!r} now"
-                     for k, v in before.data_settings().items() if v != config.data_settings()[k]]
+    if before.config_version >= 2 and (different := _data_settings_differences(before, config)):
         raise TrainingError(f"{path}: the {previous} stage was trained on inputs made with other settings "
                             f"({'; '.join(different)}); train every stage on the same cache")
     return list(before.earlier_stages) + [{**before.stage_settings(), "stage": before.stage or previous}]

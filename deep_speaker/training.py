@@ -1,6 +1,8 @@
 """The three training stages of train_cli.py, one training loop for all.
 
-- "softmax": softmax pre-training from scratch (`--loss_on_softmax`).
+- "softmax": softmax pre-training from scratch (`--loss_on_softmax`), or
+  fine-tuning of another folder's softmax stage (`--start_from DIR`: e.g. longer
+  windows and a larger margin on the same speakers, or a new head on other ones).
 - "triplet": cosine triplet loss from the best softmax checkpoint
   (`--loss_on_embeddings --normalize_embeddings`).
 - "softmax_frozen": a new softmax head on frozen triplet embeddings
@@ -173,8 +175,8 @@ def _inputs_config(cache_dir: Path, config: Config) -> Config:
     return config.override(**settings) if settings else config
 
 
-def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, earlier_dir: Path,
-                     saved: Config | None, where: Path) -> Config:
+def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, previous: str | None,
+                     earlier_dir: Path, saved: Config | None, where: Path) -> Config:
     """The config.json of a stage: every setting it trains with, the data
     settings of the inputs (``inputs/settings.json``, which stage 2 writes after
     every pickle; inputs older than it keep what `_check_features` found), the
@@ -201,7 +203,7 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
                                 f"({'; '.join(different)}); use the same cache, or --restart")
         earlier = saved.earlier_stages
     else:
-        earlier = _earlier_stages(stage, config, earlier_dir)
+        earlier = _earlier_stages(previous, config, earlier_dir)
     return config.override(stage=stage, strategy=strategy_name, earlier_stages=earlier,
                            config_version=CONFIG_VERSION)
 
@@ -213,10 +215,10 @@ def _data_settings_differences(saved: Config, config: Config) -> list[str]:
     return [f"{k}: {v!r} there vs {now[k]!r} now" for k, v in saved.data_settings().items() if v != now[k]]
 
 
-def _earlier_stages(stage: str, config: Config, checkpoint_dir: Path) -> list[dict]:
-    """Settings of the stages `stage` starts from, oldest first; refuses a
-    previous stage trained on data made with other settings."""
-    previous = EARLIER_STAGE.get(stage)
+def _earlier_stages(previous: str | None, config: Config, checkpoint_dir: Path) -> list[dict]:
+    """Settings of the stages a stage starts from (`previous` in `checkpoint_dir`
+    and what that one started from), oldest first; refuses a previous stage
+    trained on data made with other settings."""
     path = StageFolder.of(checkpoint_dir, previous).config if previous else None
     if path is None or not path.is_file():
         return []
@@ -236,7 +238,10 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
     start_from: the checkpoint folder holding the stage this one starts from
     (default `checkpoint_dir`), e.g. a triplet stage on a subset of the corpus
     (its own cache and checkpoint folder) from a softmax stage trained on all of it.
-    The two caches must share their data settings (refused otherwise).
+    The two caches must share their data settings (refused otherwise). For the
+    softmax stage it is optional: the stage fine-tunes that folder's best softmax
+    model instead of starting from scratch (its speaker head too when the
+    speakers and the head type are the same, a new head otherwise).
 
     input_pipeline "store" streams windows from ``<cache>/store/`` (packed from
     ``inputs/`` first when missing or stale), "memory" loads every frame into
@@ -248,21 +253,35 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
         raise TrainingError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     if input_pipeline not in INPUT_PIPELINES:
         raise TrainingError(f"unknown input pipeline {input_pipeline!r}; choose one of {', '.join(INPUT_PIPELINES)}")
-    if start_from is not None and stage not in EARLIER_STAGE:
-        raise TrainingError(f"the {stage} stage starts from scratch: it takes no earlier stage to start from")
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = keras.mixed_precision.global_policy()
+    previous, earlier_dir = starting_point(stage, checkpoint_dir, start_from)
     try:
         return _train_stage(stage, config, Path(cache_dir), Path(checkpoint_dir), strategy_name, restart,
-                            input_pipeline, mixed_precision, log_every, store_shard_mb,
-                            Path(start_from) if start_from is not None else Path(checkpoint_dir))
+                            input_pipeline, mixed_precision, log_every, store_shard_mb, previous, earlier_dir)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
+def starting_point(stage: str, checkpoint_dir: str | Path, start_from: str | Path | None) -> tuple[str | None, Path]:
+    """(the stage whose best model `stage` starts from, or None for scratch; the
+    folder holding it). A triplet stage starts from the softmax stage and
+    softmax_frozen from the triplet stage, in `checkpoint_dir` unless
+    `start_from` names another folder; the softmax stage starts from scratch
+    unless `start_from` names a folder whose softmax stage it fine-tunes."""
+    if stage in EARLIER_STAGE:
+        return EARLIER_STAGE[stage], Path(start_from if start_from is not None else checkpoint_dir)
+    if start_from is not None:
+        if Path(start_from).resolve() == Path(checkpoint_dir).resolve():
+            raise TrainingError(f"--start_from {start_from}: a softmax stage fine-tunes the softmax stage of "
+                                f"another checkpoint folder, not its own")
+        return "softmax", Path(start_from)
+    return None, Path(checkpoint_dir)
+
+
 def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restart, input_pipeline, mixed_precision,
-                 log_every, store_shard_mb, earlier_dir) -> StageResult:
+                 log_every, store_shard_mb, previous, earlier_dir) -> StageResult:
     strategy = make_strategy(strategy_name)
     is_chief, task_id = _worker_identity(strategy)
     folder = StageFolder.of(checkpoint_dir, stage, worker=None if is_chief else task_id)
@@ -303,7 +322,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     # The settings it trains with and records: the inputs' data settings; a resumed stage, or one
     # started from an earlier stage, trained on inputs made with other ones is refused here.
     config = _recorded_config(stage, config.override(speakers=speakers, mixed_precision=mixed_precision),
-                              strategy_name, cache_dir, earlier_dir, saved if state is not None else None,
+                              strategy_name, cache_dir, previous, earlier_dir, saved if state is not None else None,
                               folder.config)
     if state is not None:
         _check_architecture(config, saved, folder.config)
@@ -317,7 +336,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     with strategy.scope():
-        model, embedding_model = _build_stage_model(stage, config, earlier_dir, folder, state)
+        model, embedding_model = _build_stage_model(stage, config, previous, earlier_dir, folder, state)
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config))
         if mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -412,7 +431,7 @@ def _learning_rate(config: Config):
     raise TrainingError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
 
 
-def _build_stage_model(stage, config, earlier_dir, folder, state):
+def _build_stage_model(stage, config, previous, earlier_dir, folder, state):
     """The training model and its embedding part, with the right starting weights.
 
     Built in the strategy's scope. With several replicas, batch normalisation
@@ -422,8 +441,9 @@ def _build_stage_model(stage, config, earlier_dir, folder, state):
     model, embedding_model = _stage_architecture(stage, config, synchronized=replicas > 1)
     if state is not None:
         model.set_weights(load_checkpoint(folder.last).get_weights())
-    elif stage in EARLIER_STAGE:
-        _start_from(EARLIER_STAGE[stage], earlier_dir, embedding_model, config)
+    elif previous is not None:
+        _start_from(previous, earlier_dir, embedding_model, config,
+                    head_model=model if stage == previous else None)
     if stage == "softmax_frozen":
         for layer in embedding_model.layers:
             layer.trainable = False
@@ -438,8 +458,10 @@ def _stage_architecture(stage, config, synchronized: bool):
     return attach_head(embedding_model, len(config.speakers), config), embedding_model
 
 
-def _start_from(previous_stage: str, checkpoint_dir: Path, embedding_model, config: Config) -> None:
-    """Copy the embedding weights of the previous stage's best model."""
+def _start_from(previous_stage: str, checkpoint_dir: Path, embedding_model, config: Config, head_model=None) -> None:
+    """Copy the embedding weights of the previous stage's best model; with
+    `head_model` (a softmax stage fine-tuning another's) its speaker head too,
+    when it was trained on the same speakers with the same head type."""
     previous = StageFolder.of(checkpoint_dir, previous_stage)
     if not previous.best.exists():
         raise TrainingError(f"{previous.best}: no checkpoint of the previous stage; run train_cli.py "
@@ -449,6 +471,13 @@ def _start_from(previous_stage: str, checkpoint_dir: Path, embedding_model, conf
     source = load_embedding_model(ResolvedModel(previous.best, saved, f"best {previous_stage} checkpoint"))
     copied = copy_weights_by_name(source, embedding_model)
     log.info("starting from %s (%d layers copied by name)", previous.best, copied)
+    if head_model is None:
+        return
+    if saved.speakers == config.speakers and saved.head == config.head:
+        copy_weights_by_name(load_checkpoint(previous.best), head_model)
+        log.info("speaker head taken from %s (same %d speakers)", previous.best, len(config.speakers))
+    else:
+        log.info("new speaker head: %s was trained on other speakers or another head type", previous.best)
 
 
 def _restore_optimizer(optimizer, path: Path) -> None:

@@ -200,7 +200,8 @@ INVALID = [
     Case("preprocess", "--update_cache --no_such_flag", error=r"unrecognized arguments: --no_such_flag"),
     # train_cli
     Case("train_cli", "--epochs 1", error=r"one of the arguments --loss_on_softmax --loss_on_embeddings is required"),
-    Case("train_cli", "--loss_on_softmax --start_from {tmp}/c", error=r"--start_from goes with --loss_on_embeddings"),
+    Case("train_cli", "--loss_on_softmax --start_from {tmp}/c --cache_output_dir {copy} --checkpoint_dir {tmp}/own",
+         error=r"softmax/best.keras: no checkpoint of the previous stage"),
     Case("train_cli", "--loss_on_softmax --loss_on_embeddings",
          error=r"argument --loss_on_embeddings: not allowed with argument --loss_on_softmax"),
     Case("train_cli", "--loss_on_embeddings --freeze_embedding_weights",

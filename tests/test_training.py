@@ -193,9 +193,43 @@ def test_triplet_on_a_subset_starts_from_the_softmax_stage_of_another_folder(cac
     # Without --start_from the folder of its own has no softmax stage to start from.
     code, out, err = train(subset, tmp_path / "empty", *TRIPLET, "--epochs", "1")
     assert code == 2 and "softmax/best.keras" in err
-    with pytest.raises(SystemExit) as usage_error:  # softmax pre-training starts from scratch
-        train(subset, own, *SOFTMAX, "--start_from", str(pipeline))
-    assert usage_error.value.code == 2
+
+
+def _head_kernel(path: Path) -> np.ndarray:
+    from deep_speaker.model import load_checkpoint
+
+    return np.asarray(load_checkpoint(path).get_layer(HEAD_LAYER).get_weights()[0])
+
+
+def test_softmax_stage_fine_tunes_the_softmax_stage_of_another_folder(cache, pipeline, softmax_run, tmp_path):
+    """Large-margin fine-tuning: a softmax stage with longer windows and a larger margin
+    from another folder's best softmax model, its speaker head included when the speakers
+    are the same; a new head on other speakers; never from its own folder."""
+    assert softmax_run[0] == 0
+    tuned = tmp_path / "tuned"
+    # At a vanishing learning rate the head stays what the earlier stage learned.
+    code, out, err = train(cache, tuned, *SOFTMAX, "--epochs", "1", "--frames", "96", "--am_margin", "0.3",
+                           "--lr", "1e-12", "--start_from", str(pipeline))
+    assert code == 0, err
+    np.testing.assert_allclose(_head_kernel(tuned / "softmax" / "best.keras"),
+                               _head_kernel(pipeline / "softmax" / "best.keras"), atol=1e-6)
+    config = json.loads((tuned / "softmax" / "config.json").read_text())
+    assert (config["frames"], config["am_margin"]) == (96, 0.3)
+    (earlier,) = config["earlier_stages"]
+    assert (earlier["stage"], earlier["frames"]) == ("softmax", 64)
+
+    subset = tmp_path / "subset-cache"  # three of the six speakers: a new head of three classes
+    subset.mkdir()
+    for name in ("audio_cache_pkl", "audio_cache_index"):
+        (shutil.copytree if (cache / name).is_dir() else shutil.copyfile)(cache / name, subset / name)
+    assert preprocess.main(["--generate_training_inputs", "--cache_output_dir", str(subset),
+                            "--unseen_speakers", "32,39,40"]) == 0
+    code, out, err = train(subset, tmp_path / "subset", *SOFTMAX, "--epochs", "1", "--start_from", str(pipeline))
+    assert code == 0, err
+    assert _head_kernel(tmp_path / "subset" / "softmax" / "best.keras").shape[-1] == 3
+
+    code, out, err = train(cache, pipeline, *SOFTMAX, "--epochs", "4", "--start_from", str(pipeline))
+    assert code == 2 and err.count("\n") == 1 and "another checkpoint folder" in err
 
 
 class _Killed(BaseException):

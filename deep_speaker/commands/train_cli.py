@@ -31,7 +31,8 @@ def build_parser():
     p.add_argument("--start_from", default=None, metavar="DIR",
                    help="--loss_on_embeddings / --freeze_embedding_weights: the checkpoint folder holding the stage "
                         "this one starts from (default: --checkpoint_dir), e.g. a triplet stage on a subset's cache "
-                        "from a softmax stage trained on the whole corpus (same data settings)")
+                        "from a softmax stage trained on the whole corpus (same data settings); --loss_on_softmax: "
+                        "fine-tune that folder's softmax stage instead of starting from scratch (default: scratch)")
     settings = p.add_argument_group("training settings (a flag given here wins over --config FILE)")
     settings.add_argument("--config", metavar="FILE", default=None,
                           help="JSON object of Config fields to train with: a recipe (scripts/recipes/*.json) or a "
@@ -80,9 +81,6 @@ def _main(argv) -> int:
         stage = "triplet"
     else:
         stage = "softmax_frozen" if args.freeze_embedding_weights else "softmax"
-    if args.start_from is not None and stage == "softmax":
-        p.error("--start_from goes with --loss_on_embeddings or --freeze_embedding_weights: softmax pre-training "
-                "starts from scratch")
 
     config = training_config(args)  # a bad setting or --config file is reported before TensorFlow is imported
     if stage == "triplet" and config.batch_size > 1024:

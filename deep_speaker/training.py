@@ -34,9 +34,9 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from deep_speaker.checkpoints import (EARLIER_STAGE, STAGES, CheckpointError, ResolvedModel, StageFolder,
-                                      load_embedding_model)
-from deep_speaker.config import CONFIG_VERSION, DATA_FIELDS, FEATURE_FIELDS, Config
+from deep_speaker.checkpoints import (CONFIG_FILE, EARLIER_STAGE, EMBEDDING_FILE, PRETRAINED_DIR, STAGES,
+                                      CheckpointError, ResolvedModel, StageFolder, load_embedding_model)
+from deep_speaker.config import AUDIO_FIELDS, CONFIG_VERSION, DATA_FIELDS, FEATURE_FIELDS, Config
 from deep_speaker.errors import InputError
 from deep_speaker.inputs import (UtteranceBank, evaluation_windows, make_bank, softmax_dataset, triplet_dataset,
                                  window_sampler)
@@ -115,12 +115,12 @@ def _worker_identity(strategy) -> tuple[bool, int]:
     return is_chief, task_id
 
 
-def _check_architecture(config: Config, saved: Config, source: Path, fields=ARCHITECTURE_FIELDS) -> None:
+def _check_architecture(config: Config, saved: Config, source: Path, fields=ARCHITECTURE_FIELDS,
+                        hint: str = "use the same flags, or --restart") -> None:
     different = [f for f in fields if getattr(config, f) != getattr(saved, f)]
     if different:
         details = ", ".join(f"{f}={getattr(saved, f)!r} there vs {getattr(config, f)!r} now" for f in different)
-        raise TrainingError(f"{source}: checkpoint was trained with other settings ({details}); "
-                            f"use the same flags, or --restart")
+        raise TrainingError(f"{source}: checkpoint was trained with other settings ({details}); {hint}")
 
 
 def _check_features(inputs: dict[str, dict], config: Config, cache_dir: Path) -> Config:
@@ -175,8 +175,8 @@ def _inputs_config(cache_dir: Path, config: Config) -> Config:
     return config.override(**settings) if settings else config
 
 
-def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, previous: str | None,
-                     earlier_dir: Path, saved: Config | None, where: Path) -> Config:
+def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: Path, start: "StartingPoint | None",
+                     saved: Config | None, where: Path) -> Config:
     """The config.json of a stage: every setting it trains with, the data
     settings of the inputs (``inputs/settings.json``, which stage 2 writes after
     every pickle; inputs older than it keep what `_check_features` found), the
@@ -203,7 +203,7 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
                                 f"({'; '.join(different)}); use the same cache, or --restart")
         earlier = saved.earlier_stages
     else:
-        earlier = _earlier_stages(previous, config, earlier_dir)
+        earlier = _earlier_stages(start, config)
     return config.override(stage=stage, strategy=strategy_name, earlier_stages=earlier,
                            config_version=CONFIG_VERSION)
 
@@ -215,18 +215,24 @@ def _data_settings_differences(saved: Config, config: Config) -> list[str]:
     return [f"{k}: {v!r} there vs {now[k]!r} now" for k, v in saved.data_settings().items() if v != now[k]]
 
 
-def _earlier_stages(previous: str | None, config: Config, checkpoint_dir: Path) -> list[dict]:
-    """Settings of the stages a stage starts from (`previous` in `checkpoint_dir`
-    and what that one started from), oldest first; refuses a previous stage
-    trained on data made with other settings."""
-    path = StageFolder.of(checkpoint_dir, previous).config if previous else None
-    if path is None or not path.is_file():
+def _earlier_stages(start: "StartingPoint | None", config: Config) -> list[dict]:
+    """Settings of the models a stage starts from (`start` and what that one
+    started from), oldest first. Refuses an earlier stage trained on inputs made
+    with other data settings, and an exported model made for other features."""
+    if start is None or not start.config.is_file():
         return []
-    before = Config.load(path)
-    if before.config_version >= 2 and (different := _data_settings_differences(before, config)):
-        raise TrainingError(f"{path}: the {previous} stage was trained on inputs made with other settings "
+    before = Config.load(start.config)
+    if start.exported:  # trained on another corpus: only what the model sees must agree
+        now = config.data_settings()
+        different = [f"{k}: {getattr(before, k)!r} there vs {now[k]!r} now"
+                     for k in dict.fromkeys(AUDIO_FIELDS + FEATURE_FIELDS) if getattr(before, k) != now[k]]
+        if different:
+            raise TrainingError(f"{start.config}: the model was trained on audio or features made with other "
+                                f"settings ({'; '.join(different)}); make the cache and inputs with its settings")
+    elif before.config_version >= 2 and (different := _data_settings_differences(before, config)):
+        raise TrainingError(f"{start.config}: the {start.stage} stage was trained on inputs made with other settings "
                             f"({'; '.join(different)}); train every stage on the same cache")
-    return list(before.earlier_stages) + [{**before.stage_settings(), "stage": before.stage or previous}]
+    return list(before.earlier_stages) + [{**before.stage_settings(), "stage": before.stage or start.stage}]
 
 
 def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_dir: str | Path, *,
@@ -241,7 +247,10 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
     The two caches must share their data settings (refused otherwise). For the
     softmax stage it is optional: the stage fine-tunes that folder's best softmax
     model instead of starting from scratch (its speaker head too when the
-    speakers and the head type are the same, a new head otherwise).
+    speakers and the head type are the same, a new head otherwise). Any stage
+    may also start from an exported model: a folder holding ``embedding.keras``
+    and its config.json (`export_model.py`), or "pretrained", the model shipped
+    in the package; it must have been made for the same audio and features.
 
     input_pipeline "store" streams windows from ``<cache>/store/`` (packed from
     ``inputs/`` first when missing or stale), "memory" loads every frame into
@@ -256,32 +265,59 @@ def train_stage(stage: str, config: Config, cache_dir: str | Path, checkpoint_di
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     policy = keras.mixed_precision.global_policy()
-    previous, earlier_dir = starting_point(stage, checkpoint_dir, start_from)
+    start = starting_point(stage, checkpoint_dir, start_from)
     try:
         return _train_stage(stage, config, Path(cache_dir), Path(checkpoint_dir), strategy_name, restart,
-                            input_pipeline, mixed_precision, log_every, store_shard_mb, previous, earlier_dir)
+                            input_pipeline, mixed_precision, log_every, store_shard_mb, start)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
 
-def starting_point(stage: str, checkpoint_dir: str | Path, start_from: str | Path | None) -> tuple[str | None, Path]:
-    """(the stage whose best model `stage` starts from, or None for scratch; the
-    folder holding it). A triplet stage starts from the softmax stage and
-    softmax_frozen from the triplet stage, in `checkpoint_dir` unless
-    `start_from` names another folder; the softmax stage starts from scratch
-    unless `start_from` names a folder whose softmax stage it fine-tunes."""
-    if stage in EARLIER_STAGE:
-        return EARLIER_STAGE[stage], Path(start_from if start_from is not None else checkpoint_dir)
+@dataclass
+class StartingPoint:
+    """The model a stage starts from: the best model of an earlier stage (or, for
+    a softmax stage, of another folder's softmax stage), or an exported model."""
+    stage: str  # the stage that trained it ("exported" for an export)
+    model: Path
+    config: Path
+    exported: bool = False
+
+    @classmethod
+    def of_stage(cls, checkpoint_dir: Path, stage: str) -> "StartingPoint":
+        folder = StageFolder.of(checkpoint_dir, stage)
+        return cls(stage, folder.best, folder.config)
+
+    def missing(self) -> str:
+        """The one-line error for a starting model that is not there."""
+        if self.exported:
+            return f"{self.model}: no exported model (export_model.py writes {EMBEDDING_FILE} and {CONFIG_FILE})"
+        return (f"{self.model}: no checkpoint of the previous stage; run train_cli.py "
+                f"{STAGE_COMMANDS[self.stage]} first")
+
+
+def starting_point(stage: str, checkpoint_dir: str | Path, start_from: str | Path | None) -> StartingPoint | None:
+    """The model `stage` starts from, or None for scratch. A triplet stage starts
+    from the softmax stage and softmax_frozen from the triplet stage, in
+    `checkpoint_dir` unless `start_from` names another folder; the softmax
+    stage starts from scratch unless `start_from` names a folder whose softmax
+    stage it fine-tunes. `start_from` may instead be an exported model's folder
+    (``embedding.keras`` + config.json) or "pretrained" (the shipped model)."""
     if start_from is not None:
-        if Path(start_from).resolve() == Path(checkpoint_dir).resolve():
+        folder = PRETRAINED_DIR if str(start_from) == "pretrained" else Path(start_from)
+        previous = EARLIER_STAGE.get(stage, "softmax")
+        if (folder / EMBEDDING_FILE).exists() and not StageFolder.of(folder, previous).best.exists():
+            return StartingPoint("exported", folder / EMBEDDING_FILE, folder / CONFIG_FILE, exported=True)
+        if stage not in EARLIER_STAGE and folder.resolve() == Path(checkpoint_dir).resolve():
             raise TrainingError(f"--start_from {start_from}: a softmax stage fine-tunes the softmax stage of "
                                 f"another checkpoint folder, not its own")
-        return "softmax", Path(start_from)
-    return None, Path(checkpoint_dir)
+        return StartingPoint.of_stage(folder, previous)
+    if stage in EARLIER_STAGE:
+        return StartingPoint.of_stage(Path(checkpoint_dir), EARLIER_STAGE[stage])
+    return None
 
 
 def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restart, input_pipeline, mixed_precision,
-                 log_every, store_shard_mb, previous, earlier_dir) -> StageResult:
+                 log_every, store_shard_mb, start) -> StageResult:
     strategy = make_strategy(strategy_name)
     is_chief, task_id = _worker_identity(strategy)
     folder = StageFolder.of(checkpoint_dir, stage, worker=None if is_chief else task_id)
@@ -322,7 +358,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     # The settings it trains with and records: the inputs' data settings; a resumed stage, or one
     # started from an earlier stage, trained on inputs made with other ones is refused here.
     config = _recorded_config(stage, config.override(speakers=speakers, mixed_precision=mixed_precision),
-                              strategy_name, cache_dir, previous, earlier_dir, saved if state is not None else None,
+                              strategy_name, cache_dir, start, saved if state is not None else None,
                               folder.config)
     if state is not None:
         _check_architecture(config, saved, folder.config)
@@ -336,7 +372,7 @@ def _train_stage(stage, config, cache_dir, checkpoint_dir, strategy_name, restar
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     with strategy.scope():
-        model, embedding_model = _build_stage_model(stage, config, previous, earlier_dir, folder, state)
+        model, embedding_model = _build_stage_model(stage, config, start, folder, state)
         optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config))
         if mixed_precision:
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -431,7 +467,7 @@ def _learning_rate(config: Config):
     raise TrainingError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
 
 
-def _build_stage_model(stage, config, previous, earlier_dir, folder, state):
+def _build_stage_model(stage, config, start, folder, state):
     """The training model and its embedding part, with the right starting weights.
 
     Built in the strategy's scope. With several replicas, batch normalisation
@@ -441,9 +477,8 @@ def _build_stage_model(stage, config, previous, earlier_dir, folder, state):
     model, embedding_model = _stage_architecture(stage, config, synchronized=replicas > 1)
     if state is not None:
         model.set_weights(load_checkpoint(folder.last).get_weights())
-    elif previous is not None:
-        _start_from(previous, earlier_dir, embedding_model, config,
-                    head_model=model if stage == previous else None)
+    elif start is not None:
+        _start_from(start, embedding_model, config, head_model=model if stage == start.stage else None)
     if stage == "softmax_frozen":
         for layer in embedding_model.layers:
             layer.trainable = False
@@ -458,26 +493,25 @@ def _stage_architecture(stage, config, synchronized: bool):
     return attach_head(embedding_model, len(config.speakers), config), embedding_model
 
 
-def _start_from(previous_stage: str, checkpoint_dir: Path, embedding_model, config: Config, head_model=None) -> None:
-    """Copy the embedding weights of the previous stage's best model; with
+def _start_from(start: StartingPoint, embedding_model, config: Config, head_model=None) -> None:
+    """Copy the embedding weights of the model a stage starts from; with
     `head_model` (a softmax stage fine-tuning another's) its speaker head too,
     when it was trained on the same speakers with the same head type."""
-    previous = StageFolder.of(checkpoint_dir, previous_stage)
-    if not previous.best.exists():
-        raise TrainingError(f"{previous.best}: no checkpoint of the previous stage; run train_cli.py "
-                            f"{STAGE_COMMANDS[previous_stage]} first")
-    saved = Config.load(previous.config)
-    _check_architecture(config, saved, previous.config)
-    source = load_embedding_model(ResolvedModel(previous.best, saved, f"best {previous_stage} checkpoint"))
+    if not start.model.exists():
+        raise TrainingError(start.missing())
+    saved = Config.load(start.config)
+    _check_architecture(config, saved, start.config, hint=f"use the same flags (or --config {start.config})")
+    origin = "exported model" if start.exported else f"best {start.stage} checkpoint"
+    source = load_embedding_model(ResolvedModel(start.model, saved, origin))
     copied = copy_weights_by_name(source, embedding_model)
-    log.info("starting from %s (%d layers copied by name)", previous.best, copied)
+    log.info("starting from %s (%d layers copied by name)", start.model, copied)
     if head_model is None:
         return
     if saved.speakers == config.speakers and saved.head == config.head:
-        copy_weights_by_name(load_checkpoint(previous.best), head_model)
-        log.info("speaker head taken from %s (same %d speakers)", previous.best, len(config.speakers))
+        copy_weights_by_name(load_checkpoint(start.model), head_model)
+        log.info("speaker head taken from %s (same %d speakers)", start.model, len(config.speakers))
     else:
-        log.info("new speaker head: %s was trained on other speakers or another head type", previous.best)
+        log.info("new speaker head: %s was trained on other speakers or another head type", start.model)
 
 
 def _restore_optimizer(optimizer, path: Path) -> None:

@@ -232,6 +232,42 @@ def test_softmax_stage_fine_tunes_the_softmax_stage_of_another_folder(cache, pip
     assert code == 2 and err.count("\n") == 1 and "another checkpoint folder" in err
 
 
+def test_any_stage_starts_from_the_shipped_model_or_an_export(cache, tmp_path):
+    """Fine-tuning the pretrained model on your own speakers: --start_from pretrained (or an
+    export_model.py folder) gives its embedding weights and lineage to a softmax stage with a new
+    head; a model made for other audio or features is refused in one line, before training."""
+    from deep_speaker.checkpoints import PRETRAINED_DIR
+    from deep_speaker.model import load_checkpoint
+
+    if not (PRETRAINED_DIR / "embedding.keras").is_file():
+        pytest.skip("no pretrained model in this checkout")
+    shipped = json.loads((PRETRAINED_DIR / "config.json").read_text())
+    tuned = tmp_path / "tuned"
+    code, out, err = train(cache, tuned, "--loss_on_softmax", "--config", "pretrained", "--frames", "64", "--batch_size",
+                           "8", "--epochs", "1", "--steps_per_epoch", "2", "--lr", "1e-12",
+                           "--start_from", "pretrained")  # the shipped model's width: from its config
+    assert code == 0, err
+    start, after = load_checkpoint(PRETRAINED_DIR / "embedding.keras"), load_checkpoint(tuned / "softmax" / "best.keras")
+    kernels = [(layer.name, layer.get_weights()[0]) for layer in start.layers if "conv" in layer.name and layer.weights]
+    assert kernels
+    for name, kernel in kernels:
+        np.testing.assert_allclose(after.get_layer(name).get_weights()[0], kernel, atol=1e-6)
+    config = json.loads((tuned / "softmax" / "config.json").read_text())
+    assert [stage["stage"] for stage in config["earlier_stages"]] == [
+        *(stage["stage"] for stage in shipped["earlier_stages"]), shipped["stage"]]
+    assert config["speakers"] == SPEAKERS
+
+    export = tmp_path / "export-16k"  # the same model, said to be made for 16 kHz audio
+    export.mkdir()
+    shutil.copyfile(PRETRAINED_DIR / "embedding.keras", export / "embedding.keras")
+    (export / "config.json").write_text(json.dumps({**shipped, "sample_rate_hz": 16000}))
+    code, out, err = train(cache, tmp_path / "refused", *TRIPLET, "--epochs", "1", "--width", str(shipped["width"]),
+                           "--start_from", str(export))
+    assert code == 2 and err.count("\n") == 1
+    assert "export-16k/config.json" in err and "sample_rate_hz: 16000 there vs 8000 now" in err
+    assert not (tmp_path / "refused" / "triplet" / "state.json").exists()
+
+
 class _Killed(BaseException):
     """Stands for a SIGKILL at one precise point of the checkpointing."""
 

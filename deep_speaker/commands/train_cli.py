@@ -1,6 +1,7 @@
 """train_cli.py: the seed's three training commands."""
 from __future__ import annotations
 
+from deep_speaker.checkpoints import CONFIG_FILE, PRETRAINED_DIR
 from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
                                           positive_float, positive_int, run, setup_logging)
 from deep_speaker.commands.config_flags import add_config_flags, config_from_args, training_settings_from_file
@@ -32,12 +33,15 @@ def build_parser():
                    help="--loss_on_embeddings / --freeze_embedding_weights: the checkpoint folder holding the stage "
                         "this one starts from (default: --checkpoint_dir), e.g. a triplet stage on a subset's cache "
                         "from a softmax stage trained on the whole corpus (same data settings); --loss_on_softmax: "
-                        "fine-tune that folder's softmax stage instead of starting from scratch (default: scratch)")
+                        "fine-tune that folder's softmax stage instead of starting from scratch (default: scratch). "
+                        "Any stage: an exported model's folder (embedding.keras + config.json) or 'pretrained' (the "
+                        "shipped model), to fine-tune it on your own speakers (same audio and feature settings)")
     settings = p.add_argument_group("training settings (a flag given here wins over --config FILE)")
     settings.add_argument("--config", metavar="FILE", default=None,
                           help="JSON object of Config fields to train with: a recipe (scripts/recipes/*.json) or a "
                                "checkpoint's config.json, to train again with its settings (its data settings, "
-                               "decided by preprocess.py, and its bookkeeping are skipped) (default: none)")
+                               "decided by preprocess.py, and its bookkeeping are skipped; 'pretrained': the shipped "
+                               "model's) (default: none)")
     add_config_flags(settings, TRAINING_FLAGS)
     p.add_argument("--strategy", choices=("default", "mirrored", "multiworker"), default="default",
                    help="tf.distribute strategy: one device, all local GPUs, or workers over TF_CONFIG")
@@ -67,7 +71,8 @@ def main(argv=None) -> int:
 def training_config(args) -> Config:
     """The Config a parsed command line trains with: Config's defaults, then the
     fields of --config FILE, then the settings flags given on the command line."""
-    base = Config().override(**training_settings_from_file(args.config)) if args.config else Config()
+    path = PRETRAINED_DIR / CONFIG_FILE if args.config == "pretrained" else args.config
+    base = Config().override(**training_settings_from_file(path)) if path else Config()
     return config_from_args(args, TRAINING_FLAGS, base)
 
 

@@ -284,7 +284,7 @@ def test_inputs_made_before_the_record_still_give_a_complete_config(energy_run, 
     cache = tmp_path / "cache"
     shutil.copytree(energy_run["cache"], cache, ignore=shutil.ignore_patterns("store"))
     (cache / "inputs" / "settings.json").unlink()
-    config = _recorded_config("softmax", Config(), "default", cache, tmp_path / "checkpoints", None, tmp_path)
+    config = _recorded_config("softmax", Config(), "default", cache, None, None, tmp_path)  # from scratch
     assert (config.trim, config.speed_perturbations, config.augment_copies) == ("energy", [1.1], 0)
     assert config.config_version == CONFIG_VERSION and config.stage == "softmax"
 

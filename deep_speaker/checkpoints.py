@@ -47,9 +47,18 @@ class CheckpointError(InputError):
     safely, not an embedding model its config.json describes, a damaged state file."""
 
 
+PRETRAINED_NAME = "pretrained"  # train_cli.py's --start_from / --config word for PRETRAINED_DIR
+
+
 def pretrained_model() -> Path:
     """The pretrained model shipped in the package (it may be missing from a checkout)."""
     return PRETRAINED_DIR / EMBEDDING_FILE
+
+
+def model_folder(name_or_path: str | Path) -> Path:
+    """A folder given on the command line: PRETRAINED_DIR for the word
+    "pretrained" (`PRETRAINED_NAME`), else the path itself."""
+    return PRETRAINED_DIR if str(name_or_path) == PRETRAINED_NAME else Path(name_or_path)
 
 
 class StageFolder:

@@ -34,8 +34,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
-from deep_speaker.checkpoints import (CONFIG_FILE, EARLIER_STAGE, EMBEDDING_FILE, PRETRAINED_DIR, STAGES,
-                                      CheckpointError, ResolvedModel, StageFolder, load_embedding_model)
+from deep_speaker.checkpoints import (CONFIG_FILE, EARLIER_STAGE, EMBEDDING_FILE, STAGES, CheckpointError,
+                                      ResolvedModel, StageFolder, load_embedding_model, model_folder)
 from deep_speaker.config import AUDIO_FIELDS, CONFIG_VERSION, DATA_FIELDS, FEATURE_FIELDS, Config
 from deep_speaker.errors import InputError
 from deep_speaker.inputs import (UtteranceBank, evaluation_windows, make_bank, softmax_dataset, triplet_dataset,
@@ -208,11 +208,11 @@ def _recorded_config(stage: str, config: Config, strategy_name: str, cache_dir: 
                            config_version=CONFIG_VERSION)
 
 
-def _data_settings_differences(saved: Config, config: Config) -> list[str]:
-    """'<field>: <saved> there vs <now> now' for each data setting in which a
-    stage's saved config differs from the inputs trained on now."""
-    now = config.data_settings()
-    return [f"{k}: {v!r} there vs {now[k]!r} now" for k, v in saved.data_settings().items() if v != now[k]]
+def _data_settings_differences(saved: Config, config: Config, fields=DATA_FIELDS) -> list[str]:
+    """'<field>: <saved> there vs <now> now' for each data setting of `fields`
+    in which a saved config differs from the inputs trained on now."""
+    then, now = saved.data_settings(), config.data_settings()
+    return [f"{k}: {then[k]!r} there vs {now[k]!r} now" for k in fields if then[k] != now[k]]
 
 
 def _earlier_stages(start: "StartingPoint | None", config: Config) -> list[dict]:
@@ -223,10 +223,7 @@ def _earlier_stages(start: "StartingPoint | None", config: Config) -> list[dict]
         return []
     before = Config.load(start.config)
     if start.exported:  # trained on another corpus: only what the model sees must agree
-        now = config.data_settings()
-        different = [f"{k}: {getattr(before, k)!r} there vs {now[k]!r} now"
-                     for k in dict.fromkeys(AUDIO_FIELDS + FEATURE_FIELDS) if getattr(before, k) != now[k]]
-        if different:
+        if different := _data_settings_differences(before, config, dict.fromkeys(AUDIO_FIELDS + FEATURE_FIELDS)):
             raise TrainingError(f"{start.config}: the model was trained on audio or features made with other "
                                 f"settings ({'; '.join(different)}); make the cache and inputs with its settings")
     elif before.config_version >= 2 and (different := _data_settings_differences(before, config)):
@@ -303,7 +300,7 @@ def starting_point(stage: str, checkpoint_dir: str | Path, start_from: str | Pat
     stage it fine-tunes. `start_from` may instead be an exported model's folder
     (``embedding.keras`` + config.json) or "pretrained" (the shipped model)."""
     if start_from is not None:
-        folder = PRETRAINED_DIR if str(start_from) == "pretrained" else Path(start_from)
+        folder = model_folder(start_from)
         previous = EARLIER_STAGE.get(stage, "softmax")
         if (folder / EMBEDDING_FILE).exists() and not StageFolder.of(folder, previous).best.exists():
             return StartingPoint("exported", folder / EMBEDDING_FILE, folder / CONFIG_FILE, exported=True)

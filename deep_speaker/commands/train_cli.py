@@ -1,7 +1,7 @@
 """train_cli.py: the seed's three training commands."""
 from __future__ import annotations
 
-from deep_speaker.checkpoints import CONFIG_FILE, PRETRAINED_DIR
+from deep_speaker.checkpoints import CONFIG_FILE, PRETRAINED_DIR, PRETRAINED_NAME
 from deep_speaker.commands.common import (DEFAULT_CACHE_DIR, DEFAULT_CHECKPOINT_DIR, CommandError, parser,
                                           positive_float, positive_int, run, setup_logging)
 from deep_speaker.commands.config_flags import add_config_flags, config_from_args, training_settings_from_file
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 def training_config(args) -> Config:
     """The Config a parsed command line trains with: Config's defaults, then the
     fields of --config FILE, then the settings flags given on the command line."""
-    path = PRETRAINED_DIR / CONFIG_FILE if args.config == "pretrained" else args.config
+    path = PRETRAINED_DIR / CONFIG_FILE if args.config == PRETRAINED_NAME else args.config
     base = Config().override(**training_settings_from_file(path)) if path else Config()
     return config_from_args(args, TRAINING_FLAGS, base)
 

@@ -103,6 +103,12 @@ class Config:
                                 "0.125 for laptops and tests", bounds=(1e-4, 100.0))
     embedding_dim: int = setting(512, "embedding size (paper: affine to 512, then L2 normalisation)",
                                  bounds=(1, 65536))
+    # The paper averages the last stage's frames over time; statistics pooling also keeps their
+    # spread (x-vectors, WeSpeaker's ResNets). The default is the paper's, which every model
+    # trained before the field existed used.
+    pooling: str = setting("average", "how the ResCNN pools its frames into one vector: average (paper: temporal "
+                                      "average) or statistics (mean and standard deviation over time, "
+                                      "concatenated)", choices=("average", "statistics"))
     clipped_relu_max: float = setting(20.0, "ceiling of the clipped ReLU (paper: min(max(x, 0), 20))",
                                       bounds=(1e-6, 1e6))
     weight_decay: float = setting(1e-4, "L2 penalty on convolution and dense kernels", bounds=(0.0, 1.0))

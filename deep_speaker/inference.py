@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf  # (deep_speaker.model imports Keras, hence TensorFlow, anyway)
 
-from deep_speaker.model import AFFINE_LAYER, RES_BLOCKS_PER_STAGE, STAGE_FILTERS
+from deep_speaker.model import (AFFINE_LAYER, POOLING_LAYERS, RES_BLOCKS_PER_STAGE, STAGE_FILTERS,
+                                STATISTICS_VARIANCE_FLOOR)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,9 @@ class FoldedResCNN:
     """The embedding function of a trained ResCNN: (batch, frames, num_fbanks, 1)
     float32 -> (batch, embedding_dim) unit rows, equal to `model(x, training=False)`."""
 
-    def __init__(self, stages, affine_kernel, affine_bias, clip_max: float):
+    def __init__(self, stages, affine_kernel, affine_bias, clip_max: float, pooling: str = "average"):
         self.stages = stages  # [(FoldedConv, [(FoldedConv, FoldedConv), ...]), ...]
+        self.pooling = pooling  # config.pooling: "average" or "statistics"
         self.affine_kernel = affine_kernel
         self.affine_bias = affine_bias
         self.clip_max = clip_max
@@ -50,9 +52,13 @@ class FoldedResCNN:
                 shortcut = x
                 x = self._relu(self._conv(x, conv1))
                 x = self._relu(self._conv(x, conv2) + shortcut)
-        # As the model's fold_frequency + temporal_average: (b, t, f, c) -> mean over t of (b, t, f * c).
-        x = tf.reduce_mean(x, axis=1)
-        x = tf.reshape(x, [tf.shape(x)[0], x.shape[1] * x.shape[2]])
+        # As the model's fold_frequency + pooling: (b, t, f, c) -> (b, t, f * c) -> statistics over t.
+        x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
+        mean = tf.reduce_mean(x, axis=1)
+        if self.pooling == "statistics":
+            std = tf.sqrt(tf.reduce_mean(tf.square(x - mean[:, None, :]), axis=1) + STATISTICS_VARIANCE_FLOOR)
+            mean = tf.concat([mean, std], axis=-1)
+        x = mean
         x = tf.matmul(x, self.affine_kernel) + self.affine_bias
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
@@ -88,6 +94,10 @@ def fold_rescnn(model, clip_max: float) -> FoldedResCNN | None:
                 "Dense": 1}
     if any(kinds.count(kind) != count for kind, count in expected.items()):
         return None
+    names = {layer.name for layer in model.layers}
+    poolings = [pooling for pooling, name in POOLING_LAYERS.items() if name in names]
+    if len(poolings) != 1:
+        return None
     try:
         stages = []
         for stage in range(1, len(STAGE_FILTERS) + 1):
@@ -102,4 +112,5 @@ def fold_rescnn(model, clip_max: float) -> FoldedResCNN | None:
         return None
     if float(relu.max_value) != float(clip_max):
         return None
-    return FoldedResCNN(stages, tf.convert_to_tensor(affine.kernel), tf.convert_to_tensor(affine.bias), clip_max)
+    return FoldedResCNN(stages, tf.convert_to_tensor(affine.kernel), tf.convert_to_tensor(affine.bias), clip_max,
+                        poolings[0])

@@ -18,6 +18,8 @@ AFFINE_LAYER = "affine"  # the 512-d affine output before normalisation
 HEAD_LAYER = "speaker_head"
 STAGE_FILTERS = (64, 128, 256, 512)  # paper: conv64-s ... conv512-s
 RES_BLOCKS_PER_STAGE = 3
+POOLING_LAYERS = {"average": "temporal_average", "statistics": "temporal_statistics"}  # config.pooling -> layer
+STATISTICS_VARIANCE_FLOOR = 1e-5
 
 
 @keras.saving.register_keras_serializable(package="deep_speaker")
@@ -40,6 +42,22 @@ class CosineDense(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units}
+
+
+@keras.saving.register_keras_serializable(package="deep_speaker")
+class TemporalStatistics(keras.layers.Layer):
+    """Mean and standard deviation over time, concatenated: (batch, time, d) ->
+    (batch, 2 d). The statistics pooling of x-vectors (Snyder et al. 2018) and of
+    WeSpeaker's ResNets; the paper's temporal average keeps the mean only."""
+
+    def call(self, inputs):
+        mean = keras.ops.mean(inputs, axis=1)
+        # The variance floor keeps the gradient of sqrt finite on constant channels.
+        std = keras.ops.sqrt(keras.ops.var(inputs, axis=1) + STATISTICS_VARIANCE_FLOOR)
+        return keras.ops.concatenate([mean, std], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])
 
 
 def _conv(x, filters, kernel, strides, name, config, synchronized):
@@ -96,7 +114,10 @@ def build_rescnn(config: Config, synchronized_batch_norm: bool = False) -> keras
     # Four stride-2 stages leave num_fbanks/16 frequency bins: fold them into channels.
     frequency_bins = -(-config.num_fbanks // 16)
     x = layers.Reshape((-1, frequency_bins * stage_filters(config.width)[-1]), name="fold_frequency")(x)
-    x = layers.GlobalAveragePooling1D(name="temporal_average")(x)
+    if config.pooling == "statistics":
+        x = TemporalStatistics(name=POOLING_LAYERS["statistics"])(x)
+    else:
+        x = layers.GlobalAveragePooling1D(name=POOLING_LAYERS["average"])(x)
     x = layers.Dense(config.embedding_dim, kernel_regularizer=keras.regularizers.L2(config.weight_decay),
                      name=AFFINE_LAYER)(x)
     # float32 even under mixed precision: a float16 sum of 512 squares overflows.
@@ -181,7 +202,7 @@ def triplet_loss(anchor, positive, negative, margin: float):
 
 def load_checkpoint(path) -> keras.Model:
     """A `.keras` model written by deep-speaker, loaded in safe mode (no Lambda
-    layers, no arbitrary code: only built-in layers and CosineDense)."""
+    layers, no arbitrary code: only built-in layers, CosineDense and TemporalStatistics)."""
     from pathlib import Path
 
     if not Path(path).is_file():

@@ -61,7 +61,7 @@ EVAL_PREDICT_BATCH = 64
 # The command that trains each stage a later one starts from (for the error naming it).
 STAGE_COMMANDS = {"softmax": "--loss_on_softmax", "triplet": "--loss_on_embeddings --normalize_embeddings"}
 # Fields a resumed or next stage must share with the checkpoint it starts from.
-ARCHITECTURE_FIELDS = ("model_name", "width", "embedding_dim", "num_fbanks", "clipped_relu_max")
+ARCHITECTURE_FIELDS = ("model_name", "width", "pooling", "embedding_dim", "num_fbanks", "clipped_relu_max")
 
 
 class TrainingError(InputError):

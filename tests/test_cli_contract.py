@@ -230,6 +230,10 @@ INVALID = [
     Case("train_cli", "--loss_on_softmax " + TRAIN.replace("0.125", "0.25") + " --cache_output_dir {cache} "
                       "--checkpoint_dir {ckpt}", error=r"checkpoint was trained with other settings \(width=0.125 "
                                                        r"there vs 0.25 now\); use the same flags, or --restart"),
+    Case("train_cli", "--loss_on_softmax " + TRAIN + " --pooling statistics --cache_output_dir {cache} "
+                      "--checkpoint_dir {ckpt}", error=r"checkpoint was trained with other settings \(pooling="
+                                                       r"'average' there vs 'statistics' now\)"),
+    Case("train_cli", "--loss_on_softmax --pooling max", error=r"argument --pooling: invalid choice"),
     # comp_cos
     Case("comp_cos", "--unseen_speakers 19,p999 --cache_output_dir {cache} --checkpoint_dir {ckpt}",
          error=r"unknown speaker\(s\) p999; the cache .* holds 4: 19, 26, 27, PhilippeRemy"),

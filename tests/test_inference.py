@@ -31,12 +31,13 @@ def frames(count: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, length, 64, 1)).astype(np.float32)
 
 
-@pytest.mark.parametrize("width, clip", [(0.125, 20.0), (0.3, 20.0), (0.125, 2.0)])
-def test_folded_forward_equals_keras_model(width, clip):
-    config = Config(width=width, clipped_relu_max=clip)
+@pytest.mark.parametrize("width, clip, pooling", [(0.125, 20.0, "average"), (0.3, 20.0, "average"),
+                                                  (0.125, 2.0, "average"), (0.3, 20.0, "statistics")])
+def test_folded_forward_equals_keras_model(width, clip, pooling):
+    config = Config(width=width, clipped_relu_max=clip, pooling=pooling)
     model = trained_looking(config, seed=3)
     folded = fold_rescnn(model, config.clipped_relu_max)
-    assert folded is not None
+    assert folded is not None and folded.pooling == pooling
     for count, length in [(1, 17), (3, 101), (2, 333)]:
         x = frames(count, length, seed=length)
         expected = model(x, training=False).numpy()

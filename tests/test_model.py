@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from deep_speaker.config import Config
-from deep_speaker.model import (EMBEDDING_LAYER, CosineDense, am_margin_at, attach_head, build_embedding_model,
-                                copy_weights_by_name, embedding_part, speaker_logits, triplet_loss)
+from deep_speaker.model import (EMBEDDING_LAYER, STATISTICS_VARIANCE_FLOOR, CosineDense, TemporalStatistics,
+                                am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
+                                embedding_part, speaker_logits, triplet_loss)
 
 SMALL = Config(width=0.125)
 
@@ -60,6 +61,25 @@ def test_full_width_model_has_the_papers_24_million_parameters():
     model = build_embedding_model(Config(width=1.0))
     assert 23.5e6 <= model.count_params() <= 24.5e6, model.count_params()
     assert model.output_shape == (None, 512)
+
+
+def test_statistics_pooling_is_the_mean_and_standard_deviation_over_time():
+    x = np.random.default_rng(5).normal(2.0, 3.0, (2, 37, 6)).astype(np.float32)
+    x[1, :, 4] = 1.5  # a constant channel: standard deviation sqrt(floor), finite gradient
+    pooled = TemporalStatistics()(x).numpy()
+    expected = np.concatenate([x.mean(axis=1), np.sqrt(x.var(axis=1) + STATISTICS_VARIANCE_FLOOR)], axis=-1)
+    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
+    assert pooled.shape == (2, 12)
+
+
+def test_statistics_pooling_doubles_the_affine_input_and_is_the_only_change():
+    average = build_embedding_model(SMALL)
+    statistics = build_embedding_model(SMALL.override(pooling="statistics"))
+    pooled_width = 4 * 64  # four frequency bins x 64 filters (512 x 0.125)
+    assert statistics.get_layer("affine").kernel.shape == (2 * pooled_width, SMALL.embedding_dim)
+    assert average.get_layer("affine").kernel.shape == (pooled_width, SMALL.embedding_dim)
+    assert statistics.count_params() - average.count_params() == pooled_width * SMALL.embedding_dim
+    assert Config().pooling == "average"  # the paper's temporal average stays the default
 
 
 def numpy_triplet_loss(anchor, positive, negative, margin):
@@ -116,16 +136,17 @@ def test_weights_pass_from_the_softmax_model_to_the_embedding_model_by_name():
     assert embedding_part(softmax_model).get_layer(EMBEDDING_LAYER) is softmax_model.get_layer(EMBEDDING_LAYER)
 
 
-@pytest.mark.parametrize("head", ["softmax", "amsoftmax"])
-def test_keras_file_round_trip_in_safe_mode(tmp_path, head):
-    config = SMALL.override(head=head)
+@pytest.mark.parametrize("head, pooling", [("softmax", "average"), ("amsoftmax", "average"),
+                                           ("amsoftmax", "statistics")])
+def test_keras_file_round_trip_in_safe_mode(tmp_path, head, pooling):
+    config = SMALL.override(head=head, pooling=pooling)
     keras.utils.set_random_seed(4)
     model = attach_head(build_embedding_model(config), 7, config)
     randomize(model, seed=4)
     windows = random_windows(3, 70, seed=4)
     embeddings, scores = model.predict(windows, verbose=0)
 
-    path = tmp_path / f"{head}.keras"
+    path = tmp_path / f"{head}-{pooling}.keras"
     model.save(path)
     loaded = keras.models.load_model(path, compile=False, safe_mode=True)
 

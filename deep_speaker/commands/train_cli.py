@@ -9,7 +9,7 @@ from deep_speaker.config import Config
 
 # The Config fields training takes from flags (deep_speaker.commands.config_flags: name,
 # default, help and bounds come from Config); --config FILE sets these and any other field.
-TRAINING_FLAGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "lr_schedule", "weight_decay", "width",
+TRAINING_FLAGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "lr_schedule", "weight_decay", "width", "pooling",
                   "embedding_dim", "batch_norm_momentum", "frames", "head", "am_scale", "am_margin",
                   "am_margin_warmup_epochs", "triplet_margin", "negatives", "hard_pool_size", "hard_refresh_steps",
                   "spec_augment", "spec_augment_time_mask", "spec_augment_freq_mask", "perturbed_speakers",

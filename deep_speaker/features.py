@@ -16,7 +16,7 @@ from deep_speaker.config import Config
 
 # Floor of the variance in CMVN: a constant band (digital silence) would
 # otherwise divide by zero; 1e-5 is far below any real log-energy variance.
-_CMVN_EPSILON = 1e-5
+CMVN_EPSILON = 1e-5
 
 
 def compute_fbank(audio: np.ndarray, config: Config) -> np.ndarray:
@@ -55,7 +55,7 @@ def normalize_utterance(fbank: np.ndarray) -> np.ndarray:
     ([0.0, 0.0], [1.0, 1.0])
     """
     mean = fbank.mean(axis=0, keepdims=True)
-    std = np.sqrt(fbank.var(axis=0, keepdims=True) + _CMVN_EPSILON)
+    std = np.sqrt(fbank.var(axis=0, keepdims=True) + CMVN_EPSILON)
     return ((fbank - mean) / std).astype(np.float32)
 
 

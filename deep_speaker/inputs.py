@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from deep_speaker.config import Config
 from deep_speaker.feature_store import BankIndex
+from deep_speaker.features import CMVN_EPSILON
 
 
 @dataclass
@@ -154,6 +155,9 @@ def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> t
     parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def augment(windows, labels, augment_seed):
+        if config.window_cmvn > 0:
+            windows = window_cmvn(tf.random.experimental.stateless_fold_in(augment_seed, 1), windows,
+                                  config.window_cmvn)
         if config.spec_augment:
             windows = spec_augment(augment_seed, windows, config.spec_augment_time_mask,
                                    config.spec_augment_freq_mask)
@@ -168,7 +172,8 @@ def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> t
             return windows, labels, augment_seed
 
         batches = steps.map(draw, **parallel).batch(READ_STEPS).map(read, **parallel).unbatch()
-        batches = batches.map(augment, **parallel) if config.spec_augment else batches.map(lambda w, l, a: (w, l))
+        augments = config.spec_augment or config.window_cmvn > 0
+        batches = batches.map(augment, **parallel) if augments else batches.map(lambda w, l, a: (w, l))
     else:
         def whole(step):
             utterances, starts, labels, augment_seed = draw(step)
@@ -181,6 +186,16 @@ def _batches(sampler: WindowSampler, draw, config: Config, first_step: int) -> t
 # The seed of a batch is (seed * STREAM_STRIDE + stream, step): a prime stride keeps the
 # input streams of distributed workers apart for any seed.
 STREAM_STRIDE = 1000003
+
+
+def window_cmvn(seed, windows, share: float):
+    """Each window, with probability `share`, normalised to zero mean and unit
+    variance per band over its own frames (`features.normalize_utterance`, as
+    scoring does to a file that short); the others unchanged."""
+    mean, variance = tf.nn.moments(windows, axes=[1], keepdims=True)
+    normalised = (windows - mean) / tf.sqrt(variance + CMVN_EPSILON)
+    chosen = tf.random.stateless_uniform(tf.shape(windows)[:1], seed) < share
+    return tf.where(chosen[:, None, None, None], normalised, windows)
 
 
 def spec_augment(seed, windows, max_time_mask: int = Config.spec_augment_time_mask,

@@ -129,6 +129,29 @@ def test_spec_augment_masks_are_repeatable_and_only_zero_out(bank):
     assert any(np.any((m == 0) & (w != 0)) for (w, _), (m, _) in zip(plain, masked))
 
 
+@pytest.mark.parametrize("share", [0.5, 1.0])
+def test_window_cmvn_normalises_a_share_of_windows_over_their_own_frames(bank, share):
+    from deep_speaker.features import normalize_utterance
+
+    plain = batches(softmax_dataset(bank, Config(frames=FRAMES), batch_size=64, seed=2), 2)
+    config = Config(frames=FRAMES, window_cmvn=share)
+    renormalised = batches(softmax_dataset(bank, config, batch_size=64, seed=2), 2)
+    again = batches(softmax_dataset(bank, config, batch_size=64, seed=2), 2)
+    chosen = []
+    for (w, l), (r, rl), (a, _) in zip(plain, renormalised, again):
+        np.testing.assert_array_equal(l, rl)  # the same windows, some normalised
+        np.testing.assert_array_equal(r, a)  # repeatable
+        for window, got in zip(w[..., 0], r[..., 0]):
+            changed = not np.array_equal(window, got)
+            if changed:  # exactly what scoring does to a file of this window's frames
+                np.testing.assert_allclose(got, normalize_utterance(window), rtol=1e-4, atol=1e-4)
+            chosen.append(changed)
+    if share == 1.0:
+        assert all(chosen)
+    else:
+        assert 0.3 < np.mean(chosen) < 0.7, np.mean(chosen)
+
+
 def check_triplets(bank, windows, labels, batch):
     anchors, positives, negatives = labels[:batch], labels[batch:2 * batch], labels[2 * batch:]
     np.testing.assert_array_equal(anchors, positives)

@@ -12,8 +12,8 @@ from deep_speaker.config import Config
 TRAINING_FLAGS = ("epochs", "steps_per_epoch", "batch_size", "lr", "lr_schedule", "weight_decay", "width", "pooling",
                   "embedding_dim", "batch_norm_momentum", "frames", "head", "am_scale", "am_margin",
                   "am_margin_warmup_epochs", "triplet_margin", "negatives", "hard_pool_size", "hard_refresh_steps",
-                  "spec_augment", "spec_augment_time_mask", "spec_augment_freq_mask", "perturbed_speakers",
-                  "eval_utterances", "eval_frames", "seed")
+                  "spec_augment", "spec_augment_time_mask", "spec_augment_freq_mask", "window_cmvn",
+                  "perturbed_speakers", "eval_utterances", "eval_frames", "seed")
 
 
 def build_parser():

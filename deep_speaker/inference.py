@@ -56,8 +56,9 @@ class FoldedResCNN:
         x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
         mean = tf.reduce_mean(x, axis=1)
         if self.pooling == "statistics":
-            std = tf.sqrt(tf.reduce_mean(tf.square(x - mean[:, None, :]), axis=1) + STATISTICS_VARIANCE_FLOOR)
-            mean = tf.concat([mean, std], axis=-1)
+            variance = tf.reduce_mean(tf.square(x - mean[:, None, :]), axis=1)
+            deviation = variance / tf.sqrt(variance + STATISTICS_VARIANCE_FLOOR)  # as model.statistics_pooling
+            mean = tf.concat([mean, deviation], axis=-1)
         x = mean
         x = tf.matmul(x, self.affine_kernel) + self.affine_bias
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)

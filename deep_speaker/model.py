@@ -44,20 +44,24 @@ class CosineDense(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-@keras.saving.register_keras_serializable(package="deep_speaker")
-class TemporalStatistics(keras.layers.Layer):
+def statistics_pooling(x, name: str = "temporal_statistics"):
     """Mean and standard deviation over time, concatenated: (batch, time, d) ->
     (batch, 2 d). The statistics pooling of x-vectors (Snyder et al. 2018) and of
-    WeSpeaker's ResNets; the paper's temporal average keeps the mean only."""
+    WeSpeaker's ResNets; the paper's temporal average keeps the mean only.
 
-    def call(self, inputs):
-        mean = keras.ops.mean(inputs, axis=1)
-        # The variance floor keeps the gradient of sqrt finite on constant channels.
-        std = keras.ops.sqrt(keras.ops.var(inputs, axis=1) + STATISTICS_VARIANCE_FLOOR)
-        return keras.ops.concatenate([mean, std], axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], 2 * input_shape[-1])
+    Built from Keras's own layers, so a saved model loads with plain Keras (no
+    custom class to register). The deviation is var / sqrt(var + floor), taken as
+    mean((x - mean) * layer_norm_over_time(x)): sqrt(var) to within the floor,
+    and 0 with a finite gradient on a constant channel, where sqrt has none.
+    """
+    mean = layers.GlobalAveragePooling1D(keepdims=True, name=f"{name}_mean")(x)
+    centred = layers.Subtract(name=f"{name}_centred")([x, mean])
+    scaled = layers.LayerNormalization(axis=1, center=False, scale=False, epsilon=STATISTICS_VARIANCE_FLOOR,
+                                       name=f"{name}_scaled")(x)
+    products = layers.Multiply(name=f"{name}_products")([centred, scaled])
+    deviation = layers.GlobalAveragePooling1D(name=f"{name}_deviation")(products)
+    average = layers.GlobalAveragePooling1D(name=f"{name}_average")(x)
+    return layers.Concatenate(name=name)([average, deviation])
 
 
 def _conv(x, filters, kernel, strides, name, config, synchronized):
@@ -115,7 +119,7 @@ def build_rescnn(config: Config, synchronized_batch_norm: bool = False) -> keras
     frequency_bins = -(-config.num_fbanks // 16)
     x = layers.Reshape((-1, frequency_bins * stage_filters(config.width)[-1]), name="fold_frequency")(x)
     if config.pooling == "statistics":
-        x = TemporalStatistics(name=POOLING_LAYERS["statistics"])(x)
+        x = statistics_pooling(x, POOLING_LAYERS["statistics"])
     else:
         x = layers.GlobalAveragePooling1D(name=POOLING_LAYERS["average"])(x)
     x = layers.Dense(config.embedding_dim, kernel_regularizer=keras.regularizers.L2(config.weight_decay),
@@ -202,7 +206,7 @@ def triplet_loss(anchor, positive, negative, margin: float):
 
 def load_checkpoint(path) -> keras.Model:
     """A `.keras` model written by deep-speaker, loaded in safe mode (no Lambda
-    layers, no arbitrary code: only built-in layers, CosineDense and TemporalStatistics)."""
+    layers, no arbitrary code: only built-in layers and CosineDense)."""
     from pathlib import Path
 
     if not Path(path).is_file():

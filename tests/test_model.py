@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from deep_speaker.config import Config
-from deep_speaker.model import (EMBEDDING_LAYER, STATISTICS_VARIANCE_FLOOR, CosineDense, TemporalStatistics,
-                                am_margin_at, attach_head, build_embedding_model, copy_weights_by_name,
-                                embedding_part, speaker_logits, triplet_loss)
+from deep_speaker.model import (EMBEDDING_LAYER, STATISTICS_VARIANCE_FLOOR, CosineDense, am_margin_at, attach_head,
+                                build_embedding_model, copy_weights_by_name, embedding_part, speaker_logits,
+                                statistics_pooling, triplet_loss)
 
 SMALL = Config(width=0.125)
 
@@ -63,13 +63,21 @@ def test_full_width_model_has_the_papers_24_million_parameters():
     assert model.output_shape == (None, 512)
 
 
-def test_statistics_pooling_is_the_mean_and_standard_deviation_over_time():
+def test_statistics_pooling_is_the_mean_and_standard_deviation_over_time(tmp_path):
+    inputs = keras.Input((None, 6))
+    pooling = keras.Model(inputs, statistics_pooling(inputs))
     x = np.random.default_rng(5).normal(2.0, 3.0, (2, 37, 6)).astype(np.float32)
-    x[1, :, 4] = 1.5  # a constant channel: standard deviation sqrt(floor), finite gradient
-    pooled = TemporalStatistics()(x).numpy()
-    expected = np.concatenate([x.mean(axis=1), np.sqrt(x.var(axis=1) + STATISTICS_VARIANCE_FLOOR)], axis=-1)
-    np.testing.assert_allclose(pooled, expected, rtol=1e-5, atol=1e-6)
-    assert pooled.shape == (2, 12)
+    x[1, :, 4] = 1.5  # a constant channel: deviation 0
+    pooled = pooling(x).numpy()
+    variance = x.var(axis=1)
+    np.testing.assert_allclose(pooled[:, :6], x.mean(axis=1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pooled[:, 6:], variance / np.sqrt(variance + STATISTICS_VARIANCE_FLOOR), rtol=1e-4)
+    np.testing.assert_allclose(pooled[:, 6:], x.std(axis=1), rtol=1e-4, atol=1e-5)
+    assert pooled[1, 6 + 4] == 0.0
+    # Keras's own layers only: the saved model loads in safe mode, with no class to register.
+    pooling.save(tmp_path / "pooling.keras")
+    assert "deep_speaker" not in (tmp_path / "pooling.keras").read_bytes().decode("latin-1")
+    np.testing.assert_array_equal(keras.models.load_model(tmp_path / "pooling.keras", safe_mode=True)(x), pooled)
 
 
 def test_statistics_pooling_doubles_the_affine_input_and_is_the_only_change():

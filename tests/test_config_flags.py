@@ -196,21 +196,25 @@ def test_config_from_args_checks_the_result():
 
 # --- scripts/train_pretrained.sh and its recipes -----------------------------------------------------
 
-# What the script passed before its settings moved into scripts/recipes/ (besides paths).
+# What the script passed before its settings moved into scripts/recipes/ (besides paths), plus the
+# statistics pooling and per-window CMVN of v6.
 SCRIPT_BEFORE = {
     "softmax": "--loss_on_softmax --head amsoftmax --spec_augment --lr_schedule cosine --am_margin_warmup_epochs 10 "
                "--epochs {epochs} --steps_per_epoch 100 --batch_size 64 --lr 0.002 "
-               "--width 0.25 --seed 7 --perturbed_speakers classes --batch_norm_momentum 0.99",
+               "--width 0.25 --seed 7 --perturbed_speakers classes --batch_norm_momentum 0.99 --pooling statistics "
+               "--window_cmvn 0.5",
     "triplet": "--loss_on_embeddings --normalize_embeddings --head amsoftmax --spec_augment "
                "--epochs {epochs} --steps_per_epoch 50 --batch_size 32 --lr 0.0001 "
-               "--width 0.25 --seed 7 --perturbed_speakers classes --batch_norm_momentum 0.99",
+               "--width 0.25 --seed 7 --perturbed_speakers classes --batch_norm_momentum 0.99 --pooling statistics "
+               "--window_cmvn 0.5",
 }
 EXPECTED = {  # the same, as Config values
     "softmax": dict(head="amsoftmax", spec_augment=True, lr_schedule="cosine", am_margin_warmup_epochs=10, epochs=80,
                     steps_per_epoch=100, batch_size=64, lr=0.002, width=0.25, seed=7, perturbed_speakers="classes",
-                    batch_norm_momentum=0.99),
+                    batch_norm_momentum=0.99, pooling="statistics", window_cmvn=0.5),
     "triplet": dict(head="amsoftmax", spec_augment=True, epochs=5, steps_per_epoch=50, batch_size=32, lr=0.0001,
-                    width=0.25, seed=7, perturbed_speakers="classes", batch_norm_momentum=0.99),
+                    width=0.25, seed=7, perturbed_speakers="classes", batch_norm_momentum=0.99, pooling="statistics",
+                    window_cmvn=0.5),
 }
 
 

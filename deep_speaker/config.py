@@ -149,6 +149,7 @@ class Config:
     spec_augment: bool = setting(False, "time and frequency masking of training windows (SpecAugment)")
     spec_augment_time_mask: int = setting(20, "--spec_augment: widest time mask (frames; each window's is drawn "
                                               "from 0..this)", bounds=(0, 10_000_000))
+    spec_augment_freq_mask: int = setting(8, "--spec_augment: widest frequency mask (filterbanks)", bounds=(0, 512))
     # Scoring normalises each file over its own frames, training windows were normalised over
     # their whole utterance: a file shorter than a few seconds then gives the model statistics
     # it never saw. Re-normalising some windows over themselves (as SpeechBrain's recipes
@@ -157,7 +158,6 @@ class Config:
     window_cmvn: float = setting(0.0, "share of training windows normalised over their own frames (per-window "
                                       "CMVN, as a file as short as a window is scored) instead of over their "
                                       "whole utterance", bounds=(0.0, 1.0))
-    spec_augment_freq_mask: int = setting(8, "--spec_augment: widest frequency mask (filterbanks)", bounds=(0, 512))
     # What training does with speed-perturbed pseudo-speakers "<speaker>-sp<f>" of the inputs:
     # "classes" keeps each as a speaker of its own (Kaldi's x-vector recipe); "augment"
     # adds their training utterances to their speaker's, as more varied data of one class.

@@ -54,13 +54,12 @@ class FoldedResCNN:
                 x = self._relu(self._conv(x, conv2) + shortcut)
         # As the model's fold_frequency + pooling: (b, t, f, c) -> (b, t, f * c) -> statistics over t.
         x = tf.reshape(x, [tf.shape(x)[0], tf.shape(x)[1], x.shape[2] * x.shape[3]])
-        mean = tf.reduce_mean(x, axis=1)
+        pooled = mean = tf.reduce_mean(x, axis=1)
         if self.pooling == "statistics":
             variance = tf.reduce_mean(tf.square(x - mean[:, None, :]), axis=1)
             deviation = variance / tf.sqrt(variance + STATISTICS_VARIANCE_FLOOR)  # as model.statistics_pooling
-            mean = tf.concat([mean, deviation], axis=-1)
-        x = mean
-        x = tf.matmul(x, self.affine_kernel) + self.affine_bias
+            pooled = tf.concat([mean, deviation], axis=-1)
+        x = tf.matmul(pooled, self.affine_kernel) + self.affine_bias
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
     def _conv(self, x, conv: FoldedConv):

@@ -166,6 +166,9 @@ def load_embedding_model(resolved: ResolvedModel):
     -> (batch, embedding_dim); a training model's speaker head is left out.
     Loaded in safe mode (`deep_speaker.model.load_checkpoint`); a model whose
     input or output does not match its config.json is refused."""
+    from deep_speaker.tf_quiet import import_tensorflow
+
+    import_tensorflow()  # before Keras imports it: quiet unless DEEP_SPEAKER_VERBOSE (deep_speaker.tf_quiet)
     from deep_speaker.model import embedding_part, load_checkpoint
 
     model = load_checkpoint(resolved.path)

@@ -47,8 +47,9 @@ class Embedder:
     (num_frames, num_fbanks) -> (embedding_dim,)."""
 
     def __init__(self, resolved: ResolvedModel):
-        import tensorflow as tf
+        from deep_speaker.tf_quiet import import_tensorflow
 
+        tf = import_tensorflow()  # the first import without TensorFlow's start-up noise on stderr
         from deep_speaker.inference import fold_rescnn
 
         self.resolved = resolved

@@ -4,7 +4,8 @@
 - Any other exception is a bug: one line naming the file that holds its traceback,
   exit 1; `--verbose` prints the traceback (of expected errors too).
 - `--help` of every command imports neither TensorFlow nor soundfile nor soxr.
-- TensorFlow's C++ start-up noise stays off stderr unless --verbose.
+- TensorFlow's C++ start-up noise stays off stderr unless --verbose, in the commands and in
+  the API (`SpeakerEncoder`) alike, unless DEEP_SPEAKER_VERBOSE; a failing import still says why.
 - A directory given where a file is expected is reported as a directory.
 """
 from __future__ import annotations
@@ -108,6 +109,10 @@ def test_a_directory_given_as_a_file_is_called_a_directory(tmp_path, capsys):
     assert code == 2 and f"skipped {folder}: is a directory, not an audio file" in err, err
 
 
+# What decides whether TensorFlow's start-up lines reach stderr; the tests start without any of them.
+_TF_LOGGING_ENV = ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "DEEP_SPEAKER_VERBOSE")
+
+
 def test_tensorflow_start_up_noise_is_silenced_unless_verbose():
     """On a CPU machine TensorFlow prints cudart_stub / cuInit / absl lines at import
     and first use; a command's stderr carries none of them unless --verbose."""
@@ -116,7 +121,7 @@ def test_tensorflow_start_up_noise_is_silenced_unless_verbose():
             "setup_logging(verbose=sys.argv[1] == 'verbose')\n"
             "import keras, tensorflow as tf\n"
             "print(float(tf.reduce_sum(tf.ones([2, 2]))), tf.__spec__.name, keras.__name__)\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS")}
+    env = {k: v for k, v in os.environ.items() if k not in _TF_LOGGING_ENV}
     quiet = subprocess.run([sys.executable, "-c", code, "quiet"], capture_output=True, text=True, cwd=REPO,
                            env=env, timeout=180)
     assert quiet.returncode == 0, quiet.stderr
@@ -127,3 +132,65 @@ def test_tensorflow_start_up_noise_is_silenced_unless_verbose():
     assert loud.returncode == 0 and loud.stdout.strip() == "4.0 tensorflow keras"
     # what TensorFlow says at start-up on this machine (CPU: no CUDA; oneDNN) reaches stderr with --verbose
     assert loud.stderr.strip(), "expected TensorFlow's start-up lines with --verbose"
+
+
+def test_the_api_starts_as_quietly_as_the_commands():
+    """`SpeakerEncoder()` and one embed_file in a script print nothing at all on this CPU
+    machine (no cudart_stub / cuInit / absl lines, which come before TF_CPP_MIN_LOG_LEVEL
+    is read); DEEP_SPEAKER_VERBOSE=1 lets them through."""
+    demo = REPO / "deep-speaker-data" / "demo" / "VCTK-Corpus" / "wav48" / "p225" / "p225_001.flac"
+    code = ("import os, sys\n"
+            "from deep_speaker import SpeakerEncoder\n"
+            f"embedding = SpeakerEncoder().embed_file({str(demo)!r})\n"
+            "sys.exit(0 if embedding.shape == (512,) else 3)\n")
+    env = {k: v for k, v in os.environ.items() if k not in _TF_LOGGING_ENV}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
+                           timeout=180)
+    assert quiet.returncode == 0, quiet.stderr
+    assert (quiet.stdout, quiet.stderr) == ("", "")
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**env, "DEEP_SPEAKER_VERBOSE": "1"}, timeout=180)
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stderr.strip(), "expected TensorFlow's start-up lines with DEEP_SPEAKER_VERBOSE=1"
+
+
+def _fake_tensorflow(folder: Path, fails: bool) -> Path:
+    """A `tensorflow` package that writes to file descriptor 2 at import, as the real one
+    does before it reads TF_CPP_MIN_LOG_LEVEL, and then fails or not."""
+    package = folder / "tensorflow"
+    package.mkdir(parents=True)
+    body = "import os\nos.write(2, b'fake tensorflow: libcudart.so.12 not found\\n')\n"
+    body += "raise ImportError('fake tensorflow: broken install')\n" if fails else ""
+    (package / "__init__.py").write_text(body)
+    return folder
+
+
+def test_the_quiet_import_keeps_a_failing_import_s_output_and_the_user_s_log_level(tmp_path):
+    """A TensorFlow that fails to import: SpeakerEncoder() raises the real error, and what
+    TensorFlow wrote to stderr before failing is replayed. One that imports: its noise is
+    gone, and a TF_CPP_MIN_LOG_LEVEL the user exported is left as it was."""
+    env = {k: v for k, v in os.environ.items() if k not in _TF_LOGGING_ENV}
+    broken = _fake_tensorflow(tmp_path / "broken", fails=True)
+    code = "from deep_speaker import SpeakerEncoder\nSpeakerEncoder()\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**env, "PYTHONPATH": str(broken)})
+    assert done.returncode == 1
+    assert "fake tensorflow: libcudart.so.12 not found" in done.stderr
+    assert "ImportError: fake tensorflow: broken install" in done.stderr
+
+    working = _fake_tensorflow(tmp_path / "working", fails=False)
+    code = ("import os\nfrom deep_speaker.tf_quiet import import_tensorflow\n"
+            "print(import_tensorflow().__file__, os.environ.get('TF_CPP_MIN_LOG_LEVEL'))\n")
+    for preset, level in ((None, "3"), ("1", "1")):
+        run_env = {**env, "PYTHONPATH": str(working)}
+        if preset is not None:
+            run_env["TF_CPP_MIN_LOG_LEVEL"] = preset
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                              env=run_env)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""
+        assert done.stdout.split() == [str(working / "tensorflow" / "__init__.py"), level]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**env, "PYTHONPATH": str(working), "DEEP_SPEAKER_VERBOSE": "1"})
+    assert done.returncode == 0 and "fake tensorflow: libcudart.so.12 not found" in done.stderr
+    assert done.stdout.split()[1] == "None"  # and no log level of ours

@@ -10,8 +10,6 @@ works on a half-installed machine."""
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
 import logging
 import os
 import sys
@@ -23,6 +21,7 @@ from typing import NoReturn
 from deep_speaker.config import SCORING_ENVIRONMENT
 from deep_speaker.errors import DeepSpeakerError
 from deep_speaker.paths import DATA_ROOT
+from deep_speaker.tf_quiet import quiet_tensorflow_import
 
 DEFAULT_CACHE_DIR = DATA_ROOT / "cache"
 DEFAULT_CHECKPOINT_DIR = DATA_ROOT / "checkpoints"
@@ -114,62 +113,12 @@ def checked_config(config):
 def setup_logging(verbose: bool = False) -> None:
     """Log to stderr; unless `verbose`, keep TensorFlow's C++ start-up noise out of
     it (cudart_stub, cuInit, oneDNN, "All log messages before absl::InitializeLog()"
-    on a CPU machine): TF_CPP_MIN_LOG_LEVEL=3 for what TensorFlow logs once it
-    reads it (a value the user set wins), and stderr sent elsewhere while
-    TensorFlow is imported, since some of its messages come before that."""
+    on a CPU machine) by `deep_speaker.tf_quiet`, the same mechanism as the API's:
+    TF_CPP_MIN_LOG_LEVEL=3 (a value the user set wins) and stderr sent elsewhere
+    while TensorFlow is imported, since some of its messages come before that."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
-            sys.meta_path.insert(0, _QuietTensorFlowImport())
-
-
-class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Imports TensorFlow, the first time anything does, with file descriptor 2
-    pointed at a temp file: its C++ start-up messages are written there before
-    TF_CPP_MIN_LOG_LEVEL is read. If the import fails, what it wrote is replayed
-    on stderr, so a broken install still says why."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow":
-            return None
-        sys.meta_path.remove(self)
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as captured:
-            os.dup2(captured.fileno(), 2)
-            try:
-                module = importlib.import_module(name)
-            except BaseException:
-                os.dup2(saved, 2)
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode("utf-8", "replace"))
-                raise
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-        try:  # TensorFlow's own Python warnings (absl) down to errors as well
-            from absl import logging as absl_logging
-
-            absl_logging.set_verbosity(absl_logging.ERROR)
-        except ImportError:
-            pass
-        return importlib.util.spec_from_loader(name, _AlreadyImported(module))
-
-
-class _AlreadyImported(importlib.abc.Loader):
-    """Hands the import system a module that is already imported, as it was."""
-
-    def __init__(self, module):
-        self.module = module
-        self.spec, self.loader = module.__spec__, getattr(module, "__loader__", None)
-
-    def create_module(self, spec):
-        return self.module
-
-    def exec_module(self, module):
-        module.__spec__, module.__loader__ = self.spec, self.loader
+    quiet_tensorflow_import(verbose)
 
 
 def exit_skipping_teardown(code: int | None) -> NoReturn:

@@ -187,6 +187,24 @@ def parse_utterance(path: Path, root: Path, mic: int = 1) -> Utterance | None:
     return Utterance(path, speaker, f"{speaker}_{rest}")
 
 
+def file_speaker_id(path: Path) -> str:
+    """The speaker of one audio file named by its own path, with no corpus root
+    (a trial list's file, under a root that may hold several sets): the
+    LibriSpeech and VCTK names as `parse_utterance` reads them, else the folder
+    the file lies in. The caller makes sure there is such a folder.
+
+    >>> file_speaker_id(Path('sets/test-other/1688/142285/1688-142285-0000.flac'))
+    '1688'
+    >>> file_speaker_id(Path('sets/vctk/p225/p225_001_mic2.flac'))
+    'p225'
+    >>> file_speaker_id(Path('sets/calls/W012/s1_006.ogg'))
+    'W012'
+    """
+    path = Path(path)
+    root = path.parent.parent  # so that the folder-per-speaker rule names the file's own folder
+    return (parse_utterance(path, root, mic=1) or parse_utterance(path, root, mic=2)).speaker_id
+
+
 def discover_utterances(audio_dirs, mic: int = 1) -> list[Utterance]:
     """Every audio file under the given folders, sorted, with unique utterance ids.
 

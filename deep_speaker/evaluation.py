@@ -5,17 +5,24 @@ or from a list of `label path1 path2` lines (label 1/target or 0/nontarget).
 Every file is embedded once; a trial's score is the cosine similarity. The
 same embeddings give the closed-set identification figures (top-1/top-5, one
 enrolment utterance per speaker, `identification.identification_accuracy`).
+
+A list's files are named by their own speaker folders (`corpus.file_speaker_id`:
+`set/1688/142285/1688-142285-0000.flac` and `set/1688/x.flac` are speaker 1688).
+Where that cannot say who is who (a file directly in the audio root, or speakers
+that contradict a trial's label) identification, the speaker bootstrap interval
+and the speaker plots are left out, with the reason, rather than guessed.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deep_speaker.corpus import discover_utterances, parse_utterance
+from deep_speaker.corpus import discover_utterances, file_speaker_id
 from deep_speaker.errors import InputError
 from deep_speaker.io_utils import atomic_write_text
 from deep_speaker.metrics import all_pairs_trials, det_curve, score_trials, verification_report
@@ -29,10 +36,11 @@ _LABELS = {"1": 1, "target": 1, "0": 0, "nontarget": 0}
 @dataclass
 class Trials:
     files: list[str]  # every file once
-    speakers: list[str]  # speaker id of each file
+    speakers: list[str] | None  # speaker id of each file; None when the trials do not say
     first: np.ndarray  # (num_trials,) index into files
     second: np.ndarray
     labels: np.ndarray  # (num_trials,) 1 target, 0 non-target
+    no_speakers_reason: str = ""  # why `speakers` is None
 
 
 def trials_from_folder(audio_dir: str | Path) -> Trials:
@@ -48,7 +56,7 @@ def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
     """Parse `label path1 path2` lines (paths relative to audio_root); '#' starts a comment."""
     audio_root = Path(audio_root)
     index: dict[str, int] = {}
-    first, second, labels = [], [], []
+    first, second, labels, numbers = [], [], [], []
     for number, line in enumerate(Path(trials_file).read_text().splitlines(), start=1):
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -64,18 +72,35 @@ def trials_from_list(trials_file: str | Path, audio_root: str | Path) -> Trials:
         first.append(ids[0])
         second.append(ids[1])
         labels.append(_LABELS[parts[0].lower()])
+        numbers.append(number)
     if not labels:
         raise InputError(f"{trials_file}: no trials")
     files = list(index)
-    root = audio_root.resolve()
+    speakers, reason = _speakers_of_listed_files(files, audio_root, trials_file, numbers, first, second, labels)
+    return Trials(files, speakers, np.array(first), np.array(second), np.array(labels, dtype=np.int8), reason)
+
+
+def _speakers_of_listed_files(files, audio_root, trials_file, numbers, first, second, labels
+                              ) -> tuple[list[str] | None, str]:
+    """(speaker of each file, "") by its speaker folder (`corpus.file_speaker_id`), or
+    (None, why) when folders cannot say who is who: a file lies directly in the audio
+    root (or in no folder at all), or a trial's label contradicts the folders."""
+    root = Path(os.path.abspath(audio_root))
     speakers = []
     for path in files:
-        resolved = Path(path).resolve()
-        try:
-            speakers.append(parse_utterance(resolved, root).speaker_id)
-        except ValueError:  # outside the root: name the speaker by folder
-            speakers.append(resolved.parent.name)
-    return Trials(files, speakers, np.array(first), np.array(second), np.array(labels, dtype=np.int8))
+        full = Path(os.path.abspath(path))  # `..` resolved by name, symbolic links kept: the layout as listed
+        if full.parent == root or full.parent == full.parent.parent:
+            return None, (f"{full.name} lies directly in the audio root {audio_root}, not in a speaker folder, "
+                          f"so the trials do not say who it is")
+        speakers.append(file_speaker_id(full))
+    for number, i, j, label in zip(numbers, first, second, labels):
+        if label and speakers[i] != speakers[j]:
+            return None, (f"{trials_file}:{number}: a target trial pairs files of speakers {speakers[i]!r} and "
+                          f"{speakers[j]!r} as their folders name them, so the folders do not say who is who")
+        if not label and speakers[i] == speakers[j]:
+            return None, (f"{trials_file}:{number}: a non-target trial pairs two files of speaker {speakers[i]!r} "
+                          f"as their folders name them, so the folders do not say who is who")
+    return speakers, ""
 
 
 def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embeddings: bool = False) -> dict:
@@ -101,15 +126,19 @@ def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embedd
     cosines = score_trials(embeddings, first, second)
     normalizer = getattr(encoder, "score_normalizer", None)
     scores = cosines if normalizer is None else normalizer.trial_scores(embeddings, embeddings, first, second)
-    speaker_by_file = dict(zip(trials.files, trials.speakers))
-    speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)
-    report = verification_report(scores, labels, speaker_of_row[first], speaker_of_row[second])
+    if trials.speakers is not None:
+        speaker_by_file = dict(zip(trials.files, trials.speakers))
+        speaker_of_row = np.array([speaker_by_file[path] for path in ok], dtype=object)
+        sides = (speaker_of_row[first], speaker_of_row[second])
+    else:  # no speaker bootstrap interval, no identification, no speaker plots
+        speaker_of_row, sides = None, (None, None)
+    report = verification_report(scores, labels, *sides)
     report["score"] = "cosine" if normalizer is None else "as-norm"
     if normalizer is not None:  # the raw cosine's figures beside the normalised ones
-        report["raw_cosine"] = verification_report(cosines, labels, speaker_of_row[first], speaker_of_row[second])
+        report["raw_cosine"] = verification_report(cosines, labels, *sides)
     report.update(model=str(encoder.resolved.path), num_files=len(ok), skipped_files=len(failed),
                   skipped_trials=int((~usable).sum()))
-    report.update(identification_accuracy(embeddings, [str(s) for s in speaker_of_row]))
+    report.update(_identification(embeddings, speaker_of_row, trials.no_speakers_reason))
     lines = ["label\tscore\tcosine\tfile1\tfile2"] + [
         f"{label}\t{score:.6f}\t{cosine:.6f}\t{ok[i]}\t{ok[j]}"
         for label, score, cosine, i, j in zip(labels, scores, cosines, first, second)]
@@ -120,9 +149,23 @@ def evaluate_trials(encoder, trials: Trials, output_dir: str | Path, plot_embedd
     plots.plot_det_curve(fpr, fnr, output_dir / "det_curve.png", eer=report["eer"], label="deep-speaker")
     plots.plot_score_histograms(scores, labels, output_dir / "score_histograms.png",
                                 threshold=report["eer_threshold"])
-    speakers_ok = list(speaker_of_row) if len(ok) < 5000 else None
+    speakers_ok = list(speaker_of_row) if speaker_of_row is not None and len(ok) < 5000 else None
     if speakers_ok is not None:
         plots.plot_similarity_matrix(embeddings, speakers_ok, output_dir / "similarity_matrix.png")
         if plot_embeddings:
             plots.plot_embeddings_2d(embeddings, speakers_ok, output_dir / "embeddings_2d.png")
     return report
+
+
+def _identification(embeddings, speaker_of_row, no_speakers_reason: str) -> dict:
+    """`identification_accuracy`'s figures, or the same keys as None with
+    ``identification_not_available`` saying why."""
+    if speaker_of_row is None:
+        return {"identification_speakers": None, "identification_queries": None, "top1_accuracy": None,
+                "top5_accuracy": None, "identification_not_available": no_speakers_reason}
+    result = identification_accuracy(embeddings, [str(s) for s in speaker_of_row])
+    if result["top1_accuracy"] is None:
+        result["identification_not_available"] = (
+            f"{result['identification_speakers']} speaker(s) and {result['identification_queries']} file(s) "
+            f"beyond each speaker's first: it needs two speakers and a second file of one")
+    return result

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deep_speaker import scoring
+from deep_speaker import evaluation, scoring
 from deep_speaker.checkpoints import resolve_model
 from deep_speaker.commands import comp_cos, evaluate, get_emb
 from deep_speaker.config import Config
@@ -411,6 +411,83 @@ def test_evaluate_trials_file(wav, checkpoints, tmp_path, capsys):
     for name in ("det_curve", "score_histograms", "similarity_matrix"):
         _assert_png(output / f"{name}.png")
     assert not (output / "embeddings_2d.png").exists()
+
+
+def _link(target: Path, link: Path) -> str:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return str(link)
+
+
+def test_evaluate_trials_file_names_speakers_by_their_own_folders(tiny_librispeech, wav, checkpoints, tmp_path,
+                                                                   capsys):
+    """Issue 25 §4: a trial list over several sets in one root (`set/<spk>/<chapter>/<spk>-...flac`,
+    `set/<spk>/file.wav`) identifies the 5 speakers, not the 2 sets the first path component names."""
+    root = tiny_librispeech  # train-clean-100/{19,26,27}/<chapter>/<spk>-<chapter>-<utt>.flac: 3 speakers
+    libri = sorted(str(p.relative_to(root)) for p in root.rglob("*.flac"))
+    calls = [_link(wav / speaker / f"{speaker}_00{k}.wav", root / "calls" / speaker / name)  # folder-per-speaker
+             for speaker in ("p225", "p226") for k, name in ((1, "first.wav"), (2, "second.wav"))]
+    calls = [str(Path(path).relative_to(root)) for path in calls]
+    truth = {name: name.split("/")[1] for name in libri + calls}
+    names = sorted(truth)
+    lines = [f"{int(truth[a] == truth[b])} {a} {b}" for k, a in enumerate(names) for b in names[k + 1:]]
+    trials_file = tmp_path / "trials.txt"
+    trials_file.write_text("\n".join(lines) + "\n")
+
+    trials = evaluation.trials_from_list(trials_file, root)
+    assert trials.speakers == [truth[str(Path(path).relative_to(root))] for path in trials.files]
+
+    output = tmp_path / "eval"
+    code, out, err = run(evaluate.main, capsys, "--trials", trials_file, "--audio_root", root, "--output_dir", output,
+                         "--checkpoint_dir", checkpoints)
+    assert code == 0, err
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (metrics["num_files"], metrics["skipped_files"]) == (13, 0)
+    assert (metrics["identification_speakers"], metrics["identification_queries"]) == (5, 8)
+    assert 0.0 <= metrics["top1_accuracy"] <= metrics["top5_accuracy"] == 1.0  # 5 speakers: all in the top 5
+    assert "identification_not_available" not in metrics
+    low, high = metrics["eer_ci95"]  # the speaker bootstrap ran: its speakers agree with every label
+    assert 0.0 <= low <= high <= 1.0
+    assert "(8 queries against 5 speakers enrolled with one utterance each)" in out
+    _assert_png(output / "similarity_matrix.png")
+
+
+def test_evaluate_trials_file_without_speaker_folders_reports_no_identification(wav, checkpoints, tmp_path, capsys):
+    """Files directly in the audio root: the trials do not say who is who, so no identification
+    figures (null, and a line saying why), no speaker interval, no speaker plots; the EER stands."""
+    root = tmp_path / "flat"
+    for name, source in (("a.wav", "p225/p225_001.wav"), ("b.wav", "p225/p225_002.wav"),
+                         ("c.wav", "p226/p226_001.wav")):
+        _link(wav / source, root / name)
+    trials_file = tmp_path / "trials.txt"
+    trials_file.write_text("1 a.wav b.wav\n0 a.wav c.wav\n0 b.wav c.wav\n")
+    output = tmp_path / "eval"
+    code, out, err = run(evaluate.main, capsys, "--trials", trials_file, "--audio_root", root, "--output_dir", output,
+                         "--checkpoint_dir", checkpoints)
+    assert code == 0, err
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert (metrics["num_target"], metrics["num_nontarget"]) == (1, 2) and 0.0 <= metrics["eer"] <= 1.0
+    assert metrics["top1_accuracy"] is None and metrics["top5_accuracy"] is None
+    assert metrics["identification_speakers"] is None and "eer_ci95" not in metrics
+    assert "a.wav lies directly in the audio root" in metrics["identification_not_available"]
+    assert "identification: top-1" not in out
+    assert re.search(r"^identification not available: a\.wav lies directly in the audio root .*not in a speaker "
+                     r"folder", out, re.M), out
+    _assert_png(output / "det_curve.png")
+    assert not (output / "similarity_matrix.png").exists()
+
+
+def test_trials_whose_labels_contradict_their_folders_name_no_speakers(tmp_path):
+    """VoxCeleb's layout, `<speaker>/<video>/<n>.wav`: the file's folder is a video, and a
+    target trial across two videos says so; no speakers rather than wrong ones."""
+    trials_file = tmp_path / "trials.txt"
+    trials_file.write_text("0 id1/videoA/1.wav id2/videoC/1.wav\n1 id1/videoA/1.wav id1/videoB/2.wav\n")
+    trials = evaluation.trials_from_list(trials_file, tmp_path)
+    assert trials.speakers is None
+    assert trials.no_speakers_reason == (f"{trials_file}:2: a target trial pairs files of speakers 'videoA' and "
+                                         f"'videoB' as their folders name them, so the folders do not say who is who")
+    trials_file.write_text("1 id1/videoA/1.wav id1/videoA/2.wav\n0 id1/videoA/1.wav id2/videoC/1.wav\n")
+    assert evaluation.trials_from_list(trials_file, tmp_path).speakers == ["videoA", "videoA", "videoC"]
 
 
 def test_evaluate_malformed_trials_names_line(checkpoints, tmp_path, capsys):

@@ -56,4 +56,8 @@ def _main(argv) -> int:
         print(f"identification: top-1 {100 * report['top1_accuracy']:.1f} %, top-5 {100 * report['top5_accuracy']:.1f} % "
               f"({report['identification_queries']} queries against {report['identification_speakers']} speakers "
               f"enrolled with one utterance each)")
+    elif report.get("identification_not_available"):
+        rest = ("; the EER's speaker interval and the speaker plots are left out too"
+                if report.get("identification_speakers") is None else "")
+        print(f"identification not available: {report['identification_not_available']}{rest}")
     return 0

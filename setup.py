@@ -1,10 +1,11 @@
+import runpy
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-REQUIREMENTS = [line.split("#")[0].strip() for line in (HERE / "requirements.txt").read_text().splitlines()
-                if line.split("#")[0].strip()]
+# Declared once, in a standard-library-only module read by path (the package is not imported here).
+DECLARED = runpy.run_path(str(HERE / "deep_speaker" / "requirements.py"))
 
 setup(
     name="deep-speaker",
@@ -17,8 +18,8 @@ setup(
     packages=find_packages(include=["deep_speaker", "deep_speaker.*"]),
     package_data={"deep_speaker": ["pretrained/*"]},
     include_package_data=True,
-    install_requires=REQUIREMENTS,
-    extras_require={"test": ["pytest>=7", "hypothesis>=6"]},
+    install_requires=list(DECLARED["REQUIREMENTS"]),
+    extras_require={extra: list(requirements) for extra, requirements in DECLARED["EXTRAS"].items()},
     # The seed's command names, on PATH as typed in its README (get_emb.py --get_embeddings ...).
     scripts=[f"scripts/{name}.py" for name in ("preprocess", "train_cli", "comp_cos", "get_emb", "evaluate",
                                                "download_vctk", "download_corpus", "export_model", "pipeline",

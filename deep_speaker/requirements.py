@@ -1,0 +1,99 @@
+"""What deep-speaker needs installed, declared once.
+
+`setup.py` reads `REQUIREMENTS` and `EXTRAS` from this file (by path, without
+importing the package), the set-up scripts check a virtual environment with it
+(``python -m deep_speaker.requirements --check test``: one import per
+requirement), and `tests/test_requirements.py` checks that every third-party
+module the code imports is provided by one of them. Standard library only.
+
+Each entry is a pip requirement with the lowest version the code needs; the
+exact versions the suite was last run with are pinned in constraints.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import re
+import sys
+
+REQUIREMENTS = (
+    "tensorflow>=2.16",  # the first TensorFlow built on Keras 3
+    "tensorboard>=2.16",  # tf.summary's writers (training's tensorboard/ logs): TensorFlow 2.21 no longer installs it
+    "keras>=3.8",  # Model.export(..., input_signature=...) (export.py) first shipped in Keras 3.8
+    "numpy>=1.26",  # pickles of numpy 1.x (numpy.core) and 2.x (numpy._core) both load (io_utils.py)
+    "scipy>=1.11",
+    "librosa>=0.10",  # only to decode formats libsndfile cannot (some mp3)
+    "python_speech_features>=0.6",
+    "soundfile>=0.12",  # soundfile.LibsndfileError
+    "soxr>=0.3.7",
+    "tqdm>=4.60",
+    "scikit-learn>=1.3",
+    "matplotlib>=3.7",
+)
+
+EXTRAS = {
+    "test": ("pytest>=7", "hypothesis>=6"),
+}
+
+# The module a distribution is imported as, where the two names differ.
+IMPORT_NAMES = {"scikit-learn": "sklearn"}
+
+
+def distribution_name(requirement: str) -> str:
+    """The distribution a requirement names.
+
+    >>> distribution_name("scikit-learn>=1.3")
+    'scikit-learn'
+    """
+    return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].strip()
+
+
+def import_name(requirement: str) -> str:
+    """The top-level module a requirement's distribution is imported as.
+
+    >>> import_name("scikit-learn>=1.3"), import_name("python_speech_features>=0.6")
+    ('sklearn', 'python_speech_features')
+    """
+    name = distribution_name(requirement)
+    return IMPORT_NAMES.get(name, name.replace("-", "_"))
+
+
+def requirements_of(extras: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The core requirements plus those of the named extras (and the extras they include)."""
+    wanted = list(REQUIREMENTS)
+    for extra in extras:
+        if extra not in EXTRAS:
+            raise ValueError(f"unknown extra {extra!r}; known: {', '.join(sorted(EXTRAS))}")
+        for requirement in EXTRAS[extra]:
+            if requirement not in wanted:
+                wanted.append(requirement)
+    return wanted
+
+
+def missing_requirements(extras: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """Each requirement (of the core and `extras`) that this interpreter cannot
+    import, with the reason: one import per requirement."""
+    missing = []
+    for requirement in requirements_of(extras):
+        module = import_name(requirement)
+        try:
+            importlib.import_module(module)
+        except Exception as error:  # ImportError, or a broken install failing inside its import
+            missing.append(f"{requirement} (import {module}: {type(error).__name__}: {error})")
+    return missing
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Check that this Python can import every requirement of deep-speaker "
+                                            "(the core and the named extras); exit 1 naming what is missing.")
+    p.add_argument("--check", nargs="*", default=[], metavar="EXTRA", help="extras to check besides the core")
+    args = p.parse_args(argv)
+    missing = missing_requirements(args.check)
+    for line in missing:
+        print(f"missing: {line}")
+    return 1 if missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """deep-speaker: speaker embeddings (Deep Speaker, Baidu 2017) in TensorFlow/Keras 3.
 
-Start with ``from deep_speaker import SpeakerEncoder`` (README, "Python API"). The API lives in `deep_speaker.encoder`; it is imported on first use, so that
+Start with ``from deep_speaker import SpeakerEncoder`` (README, "Python API"; docs/scoring.md). The API lives in `deep_speaker.encoder`; it is imported on first use, so that
 `import deep_speaker` (and every command's --help) does not load TensorFlow.
 """
 from __future__ import annotations

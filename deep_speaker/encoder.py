@@ -46,7 +46,7 @@ PathLike = Union[str, Path]
 # ships a score cohort), "eer": ..., "source": ...}, the EER operating points of its held-out trials.
 THRESHOLD_FILE = "threshold.json"
 # How embed_files prepares the next files while the model runs: "thread" or "process"
-# (bench/embed_files.py measures both; threads won on 2 cores, see the README).
+# (bench/embed_files.py measures both; threads won on 2 cores, see docs/results.md).
 _POOL_KIND = "thread"
 
 

@@ -1,4 +1,4 @@
-"""The README's "Training a strong model" flow, end to end on a tiny corpus:
+"""The flow of docs/training-a-strong-model.md, end to end on a tiny corpus:
 download a LibriSpeech part (a small archive of real LibriSpeech files, served
 on a loopback port) with download_corpus.py, preprocess it as a two-machine job
 array (--shard 0/2 and 1/2 into one cache), generate the training inputs (which

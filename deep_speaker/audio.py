@@ -106,7 +106,12 @@ def _read_with_librosa(path: Path, first_error: Exception) -> tuple[np.ndarray, 
         raise AudioError(f"not decodable audio ({_first_line(first_error)})")
     try:
         import librosa
+    except ImportError:
+        from deep_speaker.extras import install_hint
 
+        raise AudioError(f"not decodable by libsndfile ({_first_line(first_error)}); librosa's decoders may read it: "
+                         f"{install_hint('audio')}") from None
+    try:
         samples, rate = librosa.load(str(path), sr=None, mono=True, dtype=np.float32)
     except Exception as error:  # audioread raises many unrelated types
         raise AudioError(f"not decodable audio ({_first_line(error)})") from None

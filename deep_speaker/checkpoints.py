@@ -125,8 +125,9 @@ class ResolvedModel:
     config: Config
     origin: str  # "--checkpoint", "best triplet checkpoint", "pretrained model shipped with deep-speaker", ...
 
-    def line(self) -> str:
-        return f"model: {self.path} ({self.origin}, width {self.config.width})"
+    def line(self, runtime: str | None = None) -> str:
+        """What a command prints first: which model, from where; with `runtime`, what runs it."""
+        return f"model: {self.path} ({self.origin}, width {self.config.width}{f', runtime {runtime}' if runtime else ''})"
 
 
 def resolve_model(checkpoint: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> ResolvedModel:

@@ -90,18 +90,23 @@ class SpeakerEncoder:
     score_norm: verify with AS-norm scores against the score cohort shipped beside
     the model (`score_cohort.npz`, see deep_speaker.score_norm) when there is one;
     False: raw cosine similarity. `similarity` is always the raw cosine.
+    runtime: what runs the model (`deep_speaker.runtimes`): "onnx" (ONNX Runtime on
+    the model's .onnx export, no TensorFlow), "keras" (TensorFlow; the `train`
+    extra) or "auto" (default: ONNX when an export of this model file lies beside
+    it, as for the pretrained model, else Keras). Both give the same embeddings.
     """
 
     def __init__(self, model: PathLike | None = None, *, checkpoint_dir: PathLike | None = None,
-                 require_speech: bool = True, workers: int | None = None, score_norm: bool = True):
+                 require_speech: bool = True, workers: int | None = None, score_norm: bool = True,
+                 runtime: str = "auto"):
         resolved = resolve_model(model, checkpoint_dir)
         if "tensorflow" not in sys.modules:  # as the commands: TensorFlow's own convolutions (see inference.py)
             for name, value in SCORING_ENVIRONMENT.items():
                 os.environ.setdefault(name, value)
-        self._embedder = Embedder(resolved)
+        self._identity: dict[str, str] = model_identity(resolved.path)  # also ties an .onnx export to this file
+        self._embedder = Embedder(resolved, runtime, keras_sha256=self._identity["sha256"])
         self.require_speech = require_speech
         self.workers = workers if workers is not None else default_workers()
-        self._identity: dict[str, str] | None = None
         self._thresholds = _read_thresholds(self.model_path.parent / THRESHOLD_FILE)
         cohort = cohort_beside(self.model_path)
         self._normalizer = ScoreNormalizer.load(cohort, self.model_path) if score_norm and cohort.is_file() else None
@@ -122,6 +127,11 @@ class SpeakerEncoder:
     def model_path(self) -> Path:
         """The model file."""
         return self._embedder.resolved.path
+
+    @property
+    def runtime(self) -> str:
+        """What runs the model: "onnx" (ONNX Runtime) or "keras" (TensorFlow)."""
+        return self._embedder.runtime
 
     @property
     def embedding_dim(self) -> int:
@@ -149,9 +159,7 @@ class SpeakerEncoder:
 
     @property
     def model_identity(self) -> dict[str, str]:
-        """SHA-256 and path of the model file (what an enrolment records)."""
-        if self._identity is None:
-            self._identity = model_identity(self.model_path)
+        """SHA-256 and path of the .keras model file (what an enrolment records, whichever runtime runs it)."""
         return self._identity
 
     # --- embeddings ---------------------------------------------------------------------------------

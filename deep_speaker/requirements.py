@@ -17,23 +17,38 @@ import importlib.metadata
 import re
 import sys
 
+# The plain install: everything that embeds, compares, identifies and prepares data (the audio
+# cache, the training inputs), with ONNX Runtime as the model's runtime and no deep-learning framework.
 REQUIREMENTS = (
-    "tensorflow>=2.16",  # the first TensorFlow built on Keras 3
-    "tensorboard>=2.16",  # tf.summary's writers (training's tensorboard/ logs): TensorFlow 2.21 no longer installs it
-    "keras>=3.8",  # Model.export(..., input_signature=...) (export.py) first shipped in Keras 3.8
     "numpy>=1.26",  # pickles of numpy 1.x (numpy.core) and 2.x (numpy._core) both load (io_utils.py)
     "scipy>=1.11",
-    "librosa>=0.10",  # only to decode formats libsndfile cannot (some mp3)
     "python_speech_features>=0.6",
     "soundfile>=0.12",  # soundfile.LibsndfileError
     "soxr>=0.3.7",
     "tqdm>=4.60",
-    "scikit-learn>=1.3",
-    "matplotlib>=3.7",
+    "onnxruntime>=1.19",  # the first built for numpy 2 as well as 1.x; runs the shipped opset-17 model
 )
 
+# Optional parts (deep_speaker.extras names the one to install when a command needs it).
+AUDIO = (
+    "librosa>=0.10",  # only to decode formats libsndfile cannot (some mp3, m4a, aac)
+)
+EVAL = (
+    "scikit-learn>=1.3",  # ROC and DET points of evaluate.py, t-SNE/PCA of its embedding plot
+    "matplotlib>=3.7",  # evaluate.py's and training's plots
+)
+TRAIN = (
+    "tensorflow>=2.16",  # the first TensorFlow built on Keras 3
+    "tensorboard>=2.16",  # tf.summary's writers (training's tensorboard/ logs): TensorFlow 2.21 no longer installs it
+    "keras>=3.8",  # Model.export(..., input_signature=...) (export.py) first shipped in Keras 3.8
+    "onnx>=1.16",  # export_model.py --format onnx: Keras's ONNX export writes through it
+    "tf2onnx>=1.17",  # the converter Keras's ONNX export calls; 1.16 pins a protobuf TensorFlow 2.21 refuses
+) + AUDIO + EVAL
 EXTRAS = {
-    "test": ("pytest>=7", "hypothesis>=6"),
+    "audio": AUDIO,
+    "eval": EVAL,
+    "train": TRAIN,  # training, export, --runtime keras, and everything the other extras add
+    "test": TRAIN + ("pytest>=7", "hypothesis>=6"),
 }
 
 # The module a distribution is imported as, where the two names differ.

@@ -16,7 +16,7 @@ import numpy as np
 
 from deep_speaker.audio import AudioError, load_utterance
 from deep_speaker.audio_cache import audio_cache_dir, load_cached_utterance, read_cache_index, speakers_in_cache
-from deep_speaker.checkpoints import ResolvedModel, load_embedding_model
+from deep_speaker.checkpoints import ResolvedModel
 from deep_speaker.config import SCORING_SEED, Config
 from deep_speaker.errors import InputError
 from deep_speaker.features import utterance_features
@@ -44,24 +44,20 @@ class ScoringError(InputError):
 
 class Embedder:
     """Whole-utterance embeddings from a resolved model (`deep_speaker.checkpoints.resolve_model`):
-    (num_frames, num_fbanks) -> (embedding_dim,)."""
+    (num_frames, num_fbanks) -> (embedding_dim,), in the runtime `runtime` picks
+    ("auto", "onnx" or "keras": `deep_speaker.runtimes`). keras_sha256: the model
+    file's digest, when the caller has it already."""
 
-    def __init__(self, resolved: ResolvedModel):
-        from deep_speaker.tf_quiet import import_tensorflow
-
-        tf = import_tensorflow()  # the first import without TensorFlow's start-up noise on stderr
-        from deep_speaker.inference import fold_rescnn
+    def __init__(self, resolved: ResolvedModel, runtime: str = "auto", keras_sha256: str | None = None):
+        from deep_speaker.runtimes import load_runtime
 
         self.resolved = resolved
         self.config = resolved.config
-        model = self.model = load_embedding_model(resolved)
-        self.embedding_dim = int(model.output.shape[-1])
-        # The ResCNN runs folded and eager (no trace, no Keras overhead); any other
-        # model through one tf.function for every utterance length (no retracing per file).
-        self._embed_one = fold_rescnn(model, self.config.clipped_relu_max)
-        if self._embed_one is None:
-            spec = tf.TensorSpec((1, None, self.config.num_fbanks, 1), tf.float32)
-            self._embed_one = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        loaded = load_runtime(resolved, runtime, keras_sha256)
+        self.runtime = loaded.name  # the runtime in use: "onnx" or "keras"
+        self.runtime_path = loaded.path  # the file it runs
+        self.embedding_dim = loaded.embedding_dim
+        self._embed_one = loaded.forward
 
     def embed_features(self, features: list[np.ndarray]) -> np.ndarray:
         """(len(features), embedding_dim) unit rows, one per utterance."""
@@ -70,7 +66,7 @@ class Embedder:
             if len(frames) < MIN_SCORING_FRAMES:
                 raise ScoringError(f"utterance of {len(frames)} frames: at least {MIN_SCORING_FRAMES} frames "
                                    f"({min_scoring_speech_ms(self.config):.0f} ms of speech) are needed")
-            row = self._embed_one(frames[None, :, :, None].astype(np.float32)).numpy()[0]
+            row = np.asarray(self._embed_one(frames[None, :, :, None].astype(np.float32)))[0]
             norm = float(np.linalg.norm(row))
             if not (np.all(np.isfinite(row)) and abs(norm - 1.0) < 1e-3):
                 raise ScoringError(f"the model gave no usable embedding (norm {norm:.3g} instead of 1): the "

@@ -1,5 +1,5 @@
-"""export_model.py: the exported .keras model and SavedModel reload in a fresh
-process that never imports deep_speaker, and give the original model's embeddings."""
+"""export_model.py: the exported .keras model, ONNX model and SavedModel reload in a
+fresh process that never imports deep_speaker, and give the original model's embeddings."""
 from __future__ import annotations
 
 import json
@@ -35,6 +35,15 @@ RELOAD = textwrap.dedent("""
         x = np.load(work / f"{name}.npy")
         np.save(work / f"{name}.keras.npy", np.asarray(model.predict(x, verbose=0)))
         np.save(work / f"{name}.saved_model.npy", served.serve(tf.constant(x)).numpy())
+    import hashlib
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(export / "embedding.onnx"), providers=["CPUExecutionProvider"])
+    for name in ("x", "x_other_length"):
+        x = np.load(work / f"{name}.npy")
+        np.save(work / f"{name}.onnx.npy", session.run(None, {"fbank": x})[0])
+    recorded = session.get_modelmeta().custom_metadata_map["deep_speaker.keras_sha256"]
+    assert recorded == hashlib.sha256((export / "embedding.keras").read_bytes()).hexdigest(), recorded
     np.save(work / "num_outputs.npy", np.array(len(model.outputs)))
     assert not any(m == "deep_speaker" or m.startswith("deep_speaker.") for m in sys.modules), "imported deep_speaker"
 """)
@@ -62,7 +71,7 @@ def test_export_reloads_in_fresh_process_with_same_embeddings(trained, tmp_path,
     export = tmp_path / "export"
     assert export_model.main(["--checkpoint_dir", str(checkpoint_dir), "--output_dir", str(export)]) == 0
     assert "exported: " in capsys.readouterr().out
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "embedding.keras", "saved_model"]
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "embedding.keras", "embedding.onnx", "saved_model"]
     assert json.loads((export / "config.json").read_text()) == TINY.to_dict()
 
     rng = np.random.default_rng(0)
@@ -81,7 +90,7 @@ def test_export_reloads_in_fresh_process_with_same_embeddings(trained, tmp_path,
 
     assert int(np.load(tmp_path / "num_outputs.npy")) == 1  # the speaker head is not exported
     for name, x in inputs.items():
-        for form in ("keras", "saved_model"):
+        for form in ("keras", "saved_model", "onnx"):
             got = np.load(tmp_path / f"{name}.{form}.npy")
             assert got.shape == (len(x), TINY.embedding_dim), (name, form)
             np.testing.assert_allclose(got, expected[name], atol=1e-5, err_msg=f"{name} via {form}")
@@ -93,7 +102,22 @@ def test_export_without_saved_model(trained, tmp_path, capsys):
     export = tmp_path / "export"
     assert export_model.main(["--checkpoint", str(checkpoint_dir / "softmax" / "best.keras"),
                               "--output_dir", str(export), "--no_saved_model"]) == 0
-    assert sorted(p.name for p in export.iterdir()) == ["config.json", "embedding.keras"]
+    assert sorted(p.name for p in export.iterdir()) == ["config.json", "embedding.keras", "embedding.onnx"]
+
+
+def test_export_into_the_models_own_folder_keeps_its_files(trained, tmp_path, capsys):
+    """The shipped model's .onnx is written this way: its embedding.keras (whose digest
+    the score cohort records) and config.json must stay byte for byte as they were."""
+    checkpoint_dir, _ = trained
+    folder = tmp_path / "model"
+    assert export_model.main(["--checkpoint", str(checkpoint_dir / "softmax" / "best.keras"),
+                              "--output_dir", str(folder), "--format", "saved_model"]) == 0
+    before = {name: (folder / name).read_bytes() for name in ("embedding.keras", "config.json")}
+    capsys.readouterr()
+    assert export_model.main(["--checkpoint", str(folder / "embedding.keras"), "--output_dir", str(folder),
+                              "--format", "onnx"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"exported: {folder / 'embedding.onnx'}")
+    assert {name: (folder / name).read_bytes() for name in before} == before
 
 
 def test_export_missing_checkpoint_is_one_line(tmp_path, capsys):

@@ -58,13 +58,19 @@ def _one_line(text) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--checkpoint_dir and --checkpoint, shared by every command that scores."""
+def add_model_arguments(p: argparse.ArgumentParser, runtime: bool = True) -> None:
+    """--checkpoint_dir and --checkpoint, shared by every command that scores, and
+    --runtime (`deep_speaker.runtimes`) unless `runtime` is False."""
     p.add_argument("--checkpoint_dir", default=str(DEFAULT_CHECKPOINT_DIR),
                    help="where training wrote its stages (best triplet, then softmax checkpoint is used)")
     p.add_argument("--checkpoint", default=None,
                    help="a .keras model file with its config.json beside it (default: the best checkpoint in "
                         "--checkpoint_dir, else the pretrained model shipped with deep-speaker)")
+    if runtime:
+        p.add_argument("--runtime", choices=("auto", "onnx", "keras"), default="auto",
+                       help="what runs the model: onnx (ONNX Runtime on the .onnx export beside the model, no "
+                            "TensorFlow), keras (TensorFlow; needs deep-speaker[train]), auto: onnx when that export "
+                            "of this model file is there, else keras")
 
 
 def comma_list(text: str) -> list[str]:

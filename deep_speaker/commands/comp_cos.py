@@ -63,9 +63,10 @@ def _main(argv) -> int:
     from deep_speaker.scoring import compare_files, compare_speakers
 
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm,
+                             runtime=args.runtime)
     if not args.json:
-        print(resolved.line(), flush=True)
-    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm)
+        print(resolved.line(encoder.runtime), flush=True)
     if args.files:
         result = compare_files(encoder, *args.files, threshold=args.threshold)
     else:

@@ -33,15 +33,18 @@ cli = quick_exit_entry_point(main)  # scripts and console entry points
 def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from deep_speaker.extras import require_extra
 
+    require_extra("eval", "evaluate.py (its ROC, DET and embedding plots)")  # before any file is embedded
     from deep_speaker.checkpoints import resolve_model
     from deep_speaker.evaluation import evaluate_trials, trials_from_folder, trials_from_list
     from deep_speaker.encoder import SpeakerEncoder
 
     trials = trials_from_folder(args.audio_dir) if args.audio_dir else trials_from_list(args.trials, args.audio_root)
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
-    print(resolved.line(), flush=True)
-    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, score_norm=not args.no_score_norm,
+                             runtime=args.runtime)
+    print(resolved.line(encoder.runtime), flush=True)
     report = evaluate_trials(encoder, trials, args.output_dir, args.plot_embeddings)
     interval = (f", 95 % interval {100 * report['eer_ci95'][0]:.1f}-{100 * report['eer_ci95'][1]:.1f} % over speakers"
                 if "eer_ci95" in report else "")

@@ -1,15 +1,22 @@
-"""export_model.py: write the embedding model as .keras + SavedModel."""
+"""export_model.py: write the embedding model as .keras, ONNX and SavedModel."""
 from __future__ import annotations
 
 from deep_speaker.commands.common import (add_model_arguments, comma_list, parser, positive_int, run,
                                           setup_logging)
 
+FORMATS = ("onnx", "saved_model")  # deep_speaker.export.FORMATS, named here so --help loads no TensorFlow
+
 
 def build_parser():
-    p = parser("Export the embedding model: embedding.keras, config.json and a TensorFlow SavedModel.")
-    p.add_argument("--output_dir", required=True, help="folder to write")
-    add_model_arguments(p)
-    p.add_argument("--no_saved_model", action="store_true", help="write only the .keras file and its config")
+    p = parser("Export the embedding model: embedding.keras and config.json, with embedding.onnx (ONNX Runtime, "
+               "what a plain install scores with) and a TensorFlow SavedModel. Needs deep-speaker[train].")
+    p.add_argument("--output_dir", required=True,
+                   help="folder to write (the model's own folder: its embedding.keras and config.json stay as they are)")
+    add_model_arguments(p, runtime=False)
+    p.add_argument("--format", action="append", choices=FORMATS, default=None, dest="formats",
+                   help="what to write besides embedding.keras and config.json, repeatable (default: onnx and "
+                        "saved_model)")
+    p.add_argument("--no_saved_model", action="store_true", help="leave out the SavedModel of the default formats")
     p.add_argument("--cohort_audio_dir", action="append", default=None, metavar="DIR",
                    help="also write score_cohort.npz (AS-norm cohort: the mean embedding of each speaker of these "
                         "folder-per-speaker trees, normally the training speakers), repeatable")
@@ -28,12 +35,15 @@ def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
 
+    formats = args.formats or [f for f in FORMATS if not (f == "saved_model" and args.no_saved_model)]
     from deep_speaker.checkpoints import resolve_model
     from deep_speaker.export import export_model
+    from deep_speaker.extras import require_extra
 
+    require_extra("train", "export_model.py", ("tensorflow", "keras") + (("onnx", "tf2onnx") if "onnx" in formats else ()))
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     print(resolved.line(), flush=True)
-    written = export_model(resolved, args.output_dir, saved_model=not args.no_saved_model)
+    written = export_model(resolved, args.output_dir, formats)
     if args.cohort_audio_dir:
         written.append(_write_cohort(args, resolved))
     print("exported: " + ", ".join(map(str, written)))

@@ -66,8 +66,8 @@ def _main(argv) -> int:
     from deep_speaker.scoring import embed_cached_speaker
 
     encoder = SpeakerEncoder(args.checkpoint, checkpoint_dir=args.checkpoint_dir,
-                             require_speech=not args.allow_no_speech)
-    print(encoder.resolved.line(), flush=True)
+                             require_speech=not args.allow_no_speech, runtime=args.runtime)
+    print(encoder.resolved.line(encoder.runtime), flush=True)
     if not _looks_like_files(args.get_embeddings):
         if len(args.get_embeddings) != 1:
             raise CommandError("give one speaker name, or audio files")

@@ -67,8 +67,8 @@ def _main(argv) -> int:
     if args.enroll:
         if not Path(args.enroll).is_dir():
             raise CommandError(f"{args.enroll}: not a folder (one folder per speaker expected)")
-        print(resolved.line(), flush=True)
-        encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
+        encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, runtime=args.runtime)
+        print(resolved.line(encoder.runtime), flush=True)
         enrolment = encoder.enroll(args.enroll, max_utterances=args.max_utterances)
         for path, reason in enrolment.skipped:
             print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -79,9 +79,9 @@ def _main(argv) -> int:
 
     enrolment = Enrolment.load(args.enrolment)  # a bad file fails before the model loads
     paths = expand_files(args.files)
+    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech, runtime=args.runtime)
     if not args.json:
-        print(resolved.line(), flush=True)
-    encoder = SpeakerEncoder(resolved.path, require_speech=not args.allow_no_speech)
+        print(resolved.line(encoder.runtime), flush=True)
     enrolment.check_compatible(encoder.model_identity, _settings(encoder), args.enrolment)
     embeddings, ok, failed = encoder.embed_files(paths, skip=True, progress=len(paths) >= 20)
     for path, reason in failed:

@@ -82,6 +82,10 @@ def _main(argv) -> int:
     if args.freeze_embedding_weights and not args.loss_on_softmax:
         p.error("--freeze_embedding_weights goes with --loss_on_softmax")
     setup_logging(args.verbose)
+    from deep_speaker.extras import require_extra
+
+    # Before any work: a plain install (ONNX Runtime only) says in one line what to add.
+    require_extra("train", "training (train_cli.py)", ("tensorflow", "tensorboard", "keras", "sklearn", "matplotlib"))
     if args.loss_on_embeddings:
         stage = "triplet"
     else:

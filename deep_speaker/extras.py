@@ -23,7 +23,9 @@ class MissingExtraError(InputError):
 
 
 def install_hint(extra: str) -> str:
-    """>>> install_hint("train")
+    """The command that installs `extra`.
+
+    >>> install_hint("train")
     'pip install "deep-speaker[train]"'
     """
     return f'pip install "deep-speaker[{extra}]"'

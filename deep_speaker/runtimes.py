@@ -63,12 +63,12 @@ class OnnxEmbeddingModel:
     """An exported embedding model in ONNX Runtime: (batch, frames, num_fbanks, 1)
     float32 -> (batch, embedding_dim) numpy."""
 
-    def __init__(self, path: str | Path, threads: int = ONNX_INTRA_OP_THREADS):
+    def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime
 
         self.path = Path(path)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = ONNX_INTRA_OP_THREADS if threads is None else threads
         options.inter_op_num_threads = 1  # one chain of ops: a second pool would only wait
         options.log_severity_level = 3  # errors only: its warnings are about graph rewrites, not the user's input
         try:

@@ -136,19 +136,20 @@ def test_tensorflow_start_up_noise_is_silenced_unless_verbose():
 
 def test_the_api_starts_as_quietly_as_the_commands():
     """`SpeakerEncoder()` and one embed_file in a script print nothing at all on this CPU
-    machine (no cudart_stub / cuInit / absl lines, which come before TF_CPP_MIN_LOG_LEVEL
-    is read); DEEP_SPEAKER_VERBOSE=1 lets them through."""
+    machine, in ONNX Runtime and in Keras (no cudart_stub / cuInit / absl lines, which
+    come before TF_CPP_MIN_LOG_LEVEL is read); DEEP_SPEAKER_VERBOSE=1 lets them through."""
     demo = REPO / "deep-speaker-data" / "demo" / "VCTK-Corpus" / "wav48" / "p225" / "p225_001.flac"
     code = ("import os, sys\n"
             "from deep_speaker import SpeakerEncoder\n"
-            f"embedding = SpeakerEncoder().embed_file({str(demo)!r})\n"
+            f"embedding = SpeakerEncoder(runtime=sys.argv[1]).embed_file({str(demo)!r})\n"
             "sys.exit(0 if embedding.shape == (512,) else 3)\n")
     env = {k: v for k, v in os.environ.items() if k not in _TF_LOGGING_ENV}
-    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env,
-                           timeout=180)
-    assert quiet.returncode == 0, quiet.stderr
-    assert (quiet.stdout, quiet.stderr) == ("", "")
-    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+    for runtime in ("onnx", "keras"):
+        quiet = subprocess.run([sys.executable, "-c", code, runtime], capture_output=True, text=True, cwd=REPO,
+                               env=env, timeout=180)
+        assert quiet.returncode == 0, quiet.stderr
+        assert (quiet.stdout, quiet.stderr) == ("", ""), runtime
+    loud = subprocess.run([sys.executable, "-c", code, "keras"], capture_output=True, text=True, cwd=REPO,
                           env={**env, "DEEP_SPEAKER_VERBOSE": "1"}, timeout=180)
     assert loud.returncode == 0, loud.stderr
     assert loud.stderr.strip(), "expected TensorFlow's start-up lines with DEEP_SPEAKER_VERBOSE=1"
@@ -171,7 +172,7 @@ def test_the_quiet_import_keeps_a_failing_import_s_output_and_the_user_s_log_lev
     gone, and a TF_CPP_MIN_LOG_LEVEL the user exported is left as it was."""
     env = {k: v for k, v in os.environ.items() if k not in _TF_LOGGING_ENV}
     broken = _fake_tensorflow(tmp_path / "broken", fails=True)
-    code = "from deep_speaker import SpeakerEncoder\nSpeakerEncoder()\n"
+    code = "from deep_speaker import SpeakerEncoder\nSpeakerEncoder(runtime='keras')\n"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**env, "PYTHONPATH": str(broken)})
     assert done.returncode == 1

@@ -224,7 +224,7 @@ def test_comp_cos_sap_prose(cache, checkpoints, capsys):
     code, out, err = run(comp_cos.main, capsys, "--unseen_speakers", "p225,p225",
                          "--cache_output_dir", cache, "--checkpoint_dir", checkpoints)
     assert code == 0, err
-    assert out.startswith(f"model: {checkpoints / 'triplet' / 'best.keras'} (best triplet checkpoint, width 0.125)")
+    assert out.startswith(f"model: {checkpoints / 'triplet' / 'best.keras'} (best triplet checkpoint, width 0.125, runtime keras)")
     assert re.search(r"^SAP \(p225 vs p225\): distance \d\.\d{4}, cosine similarity \d\.\d{4}, utterances 2\+2",
                      out, re.M), out
 

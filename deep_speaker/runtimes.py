@@ -39,9 +39,11 @@ ONNX_OPSET = 17
 ONNX_INPUT_NAME = "fbank"  # (batch, frames, num_fbanks, 1) float32, normalised log filterbanks
 # Metadata an export records (ONNX model metadata_props), read back when it is loaded.
 KERAS_SHA256_KEY = "deep_speaker.keras_sha256"  # the .keras file it was exported from
-# ONNX Runtime's threads per model run: 0 lets it take one per physical core. bench/runtimes.py measures
-# this against the decode pool of SpeakerEncoder.embed_files (docs/results.md).
-ONNX_INTRA_OP_THREADS = 0
+# ONNX Runtime's threads per model run (0: one per core). One, measured by bench/runtimes.py on 2 cores
+# (docs/results.md): one utterance at a time is too little work to split, so more threads only wait on
+# each other (56 files/s with 1 thread, 36 with 2), and embed_files' decode pool uses the other cores
+# (78 files/s with 1 thread and 2 decode workers, 56 with 2 and 2).
+ONNX_INTRA_OP_THREADS = 1
 
 
 def onnx_beside(model_path: str | Path) -> Path:

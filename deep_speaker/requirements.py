@@ -44,15 +44,25 @@ TRAIN = (
     "onnx>=1.16",  # export_model.py --format onnx: Keras's ONNX export writes through it
     "tf2onnx>=1.17",  # the converter Keras's ONNX export calls; 1.16 pins a protobuf TensorFlow 2.21 refuses
 ) + AUDIO + EVAL
+SERVE = (  # the speaker service (deep-speaker-serve, deep_speaker.service): runs on the plain install plus these
+    "fastapi>=0.100",  # the first FastAPI on Pydantic 2; the OpenAPI document is generated from the routes
+    "uvicorn>=0.22",  # the ASGI server; 0.22 added timeout_graceful_shutdown, which bounds SIGTERM's wait
+    "python-multipart>=0.0.13",  # multipart uploads (file, files); 0.0.13 installs the python_multipart module
+    "sqlalchemy>=2.0",  # the enrolment store; 2.0 brought the postgresql+psycopg (psycopg 3) dialect
+    "psycopg[binary]>=3.1",  # PostgreSQL URLs through SQLAlchemy's psycopg dialect; [binary] ships libpq
+)
 EXTRAS = {
     "audio": AUDIO,
     "eval": EVAL,
     "train": TRAIN,  # training, export, --runtime keras, and everything the other extras add
-    "test": TRAIN + ("pytest>=7", "hypothesis>=6"),
+    "serve": SERVE,
+    # httpx: the client of FastAPI's TestClient, which the service's tests drive it with
+    # pytest-xdist: the test processes of scripts/run_tests.sh (-n auto)
+    "test": TRAIN + SERVE + ("pytest>=7", "hypothesis>=6", "httpx>=0.24", "pytest-xdist>=3.5"),
 }
 
 # The module a distribution is imported as, where the two names differ.
-IMPORT_NAMES = {"scikit-learn": "sklearn"}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pytest-xdist": "xdist"}
 
 
 def distribution_name(requirement: str) -> str:

@@ -316,7 +316,7 @@ class Store:
             self.engine = self._engine()
             metadata.create_all(self.engine)
             self._check_schema()
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, OSError) as error:
             raise DatabaseError(f"{shown_url(self.url)}: cannot open the database ({_reason(error)})") from None
 
     # --- connection and transactions -----------------------------------------------------------
@@ -501,8 +501,8 @@ class Store:
                         id=speaker_id, name=name or speaker_id, model_sha256=stamp.sha256, model_path=stamp.path,
                         settings=stamp.settings_json, dim=embeddings.shape[1],
                         mean=_vector_bytes(weighted_mean(embeddings, [1] * len(embeddings))),
-                        utterances=len(embeddings), created_at=now, changed_at=now))
-                created = inserted.rowcount == 1
+                        utterances=len(embeddings), created_at=now, changed_at=now).returning(speakers.c.id))
+                created = inserted.first() is not None
                 if not created:  # PostgreSQL: another transaction made it meanwhile; lock and add to it
                     row = connection.execute(select(speakers).where(speakers.c.id == speaker_id).with_for_update()
                                              ).first()

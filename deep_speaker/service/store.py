@@ -297,7 +297,7 @@ def weighted_mean(embeddings: np.ndarray, weights: Sequence[int]) -> np.ndarray:
     """The renormalised mean of unit utterance embeddings, each counted `weight`
     times; with all weights 1 exactly `scoring.speaker_embedding` (as Enrolment).
 
-    >>> weighted_mean(np.array([[1., 0.], [0., 1.]]), [1, 3]).round(4).tolist()
+    >>> weighted_mean(np.array([[1., 0.], [0., 1.]]), [1, 3]).astype(float).round(4).tolist()
     [0.3162, 0.9487]
     """
     weights = np.asarray(weights, np.float64)

@@ -36,6 +36,7 @@ setup(
             "deep-speaker-download-corpus=deep_speaker.commands.download_corpus:main",
             "deep-speaker-export=deep_speaker.commands.export_model:main",
             "deep-speaker-pipeline=deep_speaker.commands.pipeline:main",
+            "deep-speaker-serve=deep_speaker.commands.serve:cli",  # the speaker service (needs [serve])
         ]
     },
 )

@@ -1,4 +1,4 @@
-"""deep-speaker-serve (deep_speaker/service/cli.py, scripts/serve.py): the service
+"""deep-speaker-serve (deep_speaker/commands/serve.py, scripts/serve.py): the service
 starts with one command, answers over HTTP, finishes the requests in flight on
 SIGTERM and leaves no process behind; keys, import/export and the OpenAPI document
 from the command line; one line for what is missing or wrong."""
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, free_ports, need_real_speech
-from deep_speaker.service.cli import main
+from deep_speaker.commands.serve import main
 from deep_speaker.service.keys import parse_key
 from deep_speaker.service.store import Store
 

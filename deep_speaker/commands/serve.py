@@ -1,4 +1,4 @@
-"""deep-speaker-serve: the speaker service, its API keys, and enrolment files.
+"""serve.py / deep-speaker-serve: the speaker service (deep_speaker.service), its API keys, and enrolment files.
 
     deep-speaker-serve --database URL [--host 127.0.0.1] [--port 8000] [--workers N] [--keep_audio] ...
     deep-speaker-serve keys create --database URL --scope S [--scope S ...] [--name NAME]
@@ -32,6 +32,11 @@ def _add_database(p) -> None:
     p.add_argument("--database", default=os.environ.get(DATABASE_ENV) or DEFAULT_DATABASE,
                    help=f"sqlite:///FILE (or a file path) or postgresql://user@host/db (default: ${DATABASE_ENV}, "
                         f"else {DEFAULT_DATABASE})")
+
+
+def build_parser():
+    """The server's own flags (`deep-speaker-serve SUBCOMMAND --help` shows a subcommand's)."""
+    return serve_parser()
 
 
 def serve_parser():

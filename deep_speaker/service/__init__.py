@@ -1,6 +1,6 @@
 """The speaker service: verification and identification over HTTP (docs/service.md).
 
-`deep-speaker-serve --database URL` (deep_speaker.service.cli) serves the API of
+`deep-speaker-serve --database URL` (deep_speaker.commands.serve) serves the API of
 `deep_speaker.service.app` with uvicorn; model work runs in a bounded pool of
 worker processes (`pool`), enrolments and API keys live in a SQL database
 (`store`, `keys`: SQLite by default, PostgreSQL from a URL), and the limits are

@@ -165,7 +165,7 @@ def _score(report: PipelineReport, plan: PipelinePlan, cache: Path, output_dir: 
     if plan.extra_speaker:
         pairs += [(plan.extra_speaker, first), (plan.extra_speaker, plan.extra_speaker)]
     results = {"model": str(resolved.path), "comparisons": []}
-    report.add(f"[{label}] {resolved.line()}")
+    report.add(f"[{label}] {resolved.line(embedder.runtime)}")
     for a, b in pairs:
         comparison = compare_speakers(embedder, cache, a, b)
         results["comparisons"].append(comparison.to_dict())

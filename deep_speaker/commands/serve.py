@@ -47,7 +47,7 @@ def serve_parser():
     _add_database(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; keep 127.0.0.1 and put a TLS reverse proxy in front (docs/service.md)")
-    p.add_argument("--port", type=positive_int, default=8000)
+    p.add_argument("--port", type=positive_int, default=8000, help="TCP port to listen on")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="model worker processes, each loading the model once (default: the CPUs, at most 4)")
     p.add_argument("--queue_size", type=non_negative_int, default=limits.DEFAULT_QUEUE_SIZE,
@@ -74,6 +74,7 @@ def serve_parser():
 def keys_parser():
     p = parser("API keys of the speaker service: create (prints the key alone on its last line; it is shown only "
                "once), list, revoke.")
+    p.prog += " keys"
     sub = p.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="make a key", description="Make an API key; prints it alone on the last "
                                                                      "line (shown only once: store it).")
@@ -132,8 +133,11 @@ def cli() -> None:
 def _main(argv) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    args = {"keys": keys_parser, "import": import_parser, "export": export_parser, "openapi": openapi_parser,
-            None: serve_parser}[command]().parse_args(argv[1:] if command else argv)
+    chosen = {"keys": keys_parser, "import": import_parser, "export": export_parser, "openapi": openapi_parser,
+              None: serve_parser}[command]()
+    if command and command != "keys":
+        chosen.prog += f" {command}"
+    args = chosen.parse_args(argv[1:] if command else argv)
     setup_logging(args.verbose)
     from deep_speaker.extras import require_extra
 

@@ -1,6 +1,6 @@
 """deep-speaker-serve (deep_speaker/commands/serve.py, scripts/serve.py): the service
 starts with one command, answers over HTTP, finishes the requests in flight on
-SIGTERM and leaves no process behind; keys, import/export and the OpenAPI document
+SIGTERM and leaves no process behind, all on a plain install plus [serve]; keys, import/export and the OpenAPI document
 from the command line; one line for what is missing or wrong."""
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from conftest import REPO_ROOT, free_ports, need_real_speech
 from deep_speaker.commands.serve import main
 from deep_speaker.service.keys import parse_key
 from deep_speaker.service.store import Store
+from test_plain_install import SITECUSTOMIZE
 
 SERVE = REPO_ROOT / "scripts" / "serve.py"
 
@@ -49,14 +50,20 @@ def live_processes_of_group(group: int) -> list[str]:
     return found
 
 
-def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SERVE), *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=env)
 
 
 def test_the_service_starts_with_one_command_and_stops_cleanly_on_sigterm(tmp_path, shared_data):
+    """On a plain install plus [serve]: TensorFlow, Keras and the other extras' packages are
+    hidden from the server and its workers (tests/test_plain_install.py's sitecustomize)."""
     database = f"sqlite:///{tmp_path / 'speakers.db'}"
-    created = run_cli("keys", "create", "--database", database, "--scope", "enrol", "--name", "test", cwd=tmp_path)
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    plain = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    created = run_cli("keys", "create", "--database", database, "--scope", "enrol", "--name", "test", cwd=tmp_path,
+                      env=plain)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip().splitlines()[-1]
     assert parse_key(key) is not None  # the key alone on the last line
@@ -66,7 +73,7 @@ def test_the_service_starts_with_one_command_and_stops_cleanly_on_sigterm(tmp_pa
     # cwd: a folder without deep-speaker-data/checkpoints, so the shipped model serves
     server = subprocess.Popen([sys.executable, str(SERVE), "--database", database, "--port", str(port), "--workers", "1",
                                "--requests_per_minute", "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True, env=plain)
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -78,7 +85,7 @@ def test_the_service_starts_with_one_command_and_stops_cleanly_on_sigterm(tmp_pa
             assert server.poll() is None and time.monotonic() < deadline, server.stdout.read() if server.poll() else ""
             time.sleep(0.2)
         assert httpx.get(f"{base}/readyz", timeout=5).status_code == 401
-        assert httpx.get(f"{base}/readyz", headers=headers, timeout=5).json()["ready"]
+        assert httpx.get(f"{base}/readyz", headers=headers, timeout=5).json()["runtime"] == "onnx"
 
         # Two enrolments in flight (one running, one queued on the single worker), then SIGTERM.
         files = long_recordings(shared_data, 10)

@@ -359,3 +359,14 @@ def test_logs_hold_no_key_audio_or_embedding(client, keys, voices, caplog):
     for key in keys.values():
         assert key not in logged and parse_key(key)[1] not in logged
     assert not re.search(r"-?0\.\d{5,}(, -?0\.\d{5,}){10}", logged)  # no run of embedding values
+
+
+def test_a_database_that_stops_answering_gets_503(client, keys, service, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*args):
+        raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(service.store, "key", down)
+    service.keys._verified.clear()
+    assert_error(client.get("/v1/speakers", headers=auth(keys["enrol"])), 503, "database_unavailable")

@@ -135,7 +135,12 @@ class Guard:
         if parsed is not None and not service.failed_keys.has_token(parsed[0]):
             record = None  # too many wrong secrets for this key id lately: no scrypt for it now
         else:
-            record = await run_in_threadpool(service.keys.check, key)
+            try:
+                record = await run_in_threadpool(service.keys.check, key)
+            except (SQLAlchemyError, DatabaseError) as error:  # out here, the app's handlers do not see it
+                log.error("database error while checking a key: %s", type(error).__name__)
+                return _error_response(503, "database_unavailable", "the database did not answer; retry later",
+                                       {"Retry-After": "5"})
             if record is None and parsed is not None:
                 service.failed_keys.take(parsed[0])
         if record is None:

@@ -4,8 +4,8 @@ Every response is JSON; every error has one shape,
 ``{"error": {"code": "<word>", "message": "<one line>"}}`` (docs/service.md lists
 the codes). A request passes these gates in this order, each before the upload is
 read: a valid key (401; `Authorization: Bearer <key>`, on every path but
-PUBLIC_PATHS), the key's rate (429), the route's scope (403), the upload's
-declared size (413), and for model work a place in the pool (503 with
+PUBLIC_PATHS), the key's rate (429), the body's declared size (413), the
+route's scope (403), and for model work a place in the pool (503 with
 Retry-After). The body is also counted as it arrives, so a body without a
 Content-Length is held to the same limit. Model work runs in the pool's worker
 processes (`pool.py`); database calls run in threads; the event loop only awaits.

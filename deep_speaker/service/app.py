@@ -1,11 +1,12 @@
 """The HTTP API (FastAPI): `create_app(service)`.
 
-Every response is JSON; every error has one shape,
+Every response is JSON (but the page at "/" and its two files, from static/);
+every error has one shape,
 ``{"error": {"code": "<word>", "message": "<one line>"}}`` (docs/service.md lists
 the codes). A request passes these gates in this order, each before the upload is
 read: a valid key (401; `Authorization: Bearer <key>`, on every path but
-PUBLIC_PATHS), the key's rate (429), the body's declared size (413), the
-route's scope (403), and for model work a place in the pool (503 with
+PUBLIC_PATHS: /healthz and the page), the key's rate (429), the body's declared
+size (413), the route's scope (403), and for model work a place in the pool (503 with
 Retry-After). The body is also counted as it arrives, so a body without a
 Content-Length is held to the same limit. Model work runs in the pool's worker
 processes (`pool.py`); database calls run in threads; the event loop only awaits.
@@ -30,7 +31,7 @@ from typing import Any, Optional
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,9 +45,18 @@ from deep_speaker.service.store import (DatabaseError, ModelMismatch, SpeakerExi
 
 log = logging.getLogger("deep_speaker.service")
 
-# Paths answered without a key. A page served at "/" for people to try the API in a browser
-# (it asks for a key and sends it with each call) belongs here too once it exists.
-PUBLIC_PATHS = {"/healthz"}
+# The page at "/" for people to try the API in a browser (static/: plain HTML and JavaScript; it asks
+# for a key and sends it with each call, as any client): path -> (file, media type).
+PAGE_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+              "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+              "/page.css": ("page.css", "text/css; charset=utf-8")}
+PAGE_FOLDER = Path(__file__).resolve().parent / "static"
+# Everything the page loads comes from this server; no inline script; the page may not be framed.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; media-src 'self' blob:; "
+                                           "object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+# Paths answered without a key: the health check and the page's files (they hold no data).
+PUBLIC_PATHS = {"/healthz", *PAGE_FILES}
 API_VERSION = "1"
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
@@ -350,6 +360,15 @@ def create_app(service: Service | None) -> FastAPI:
         return await run_in_threadpool(service.identify, embeddings[0], top_k, threshold)
 
     app.include_router(v1)
+
+    def page_file(path: str, file: str, media_type: str) -> None:
+        async def serve_file():
+            return FileResponse(PAGE_FOLDER / file, media_type=media_type, headers=PAGE_HEADERS)
+
+        app.add_api_route(path, serve_file, methods=["GET"], include_in_schema=False, name=f"page {file}")
+
+    for path, (file, media_type) in PAGE_FILES.items():
+        page_file(path, file, media_type)
 
     @app.get("/healthz", summary="The process answers (no key needed)")
     async def healthz():

@@ -1,0 +1,284 @@
+// The page at "/" of the speaker service: plain JavaScript, no build step, no third-party code.
+// It calls the same API as any client (/readyz, /v1/...), with the key typed in the page.
+// Microphone recordings (MediaRecorder: WebM/Opus in Chrome, Ogg/Opus in Firefox, MP4 in Safari)
+// are decoded by the browser and sent as 16 kHz mono 16-bit WAV, which the service reads on any
+// install; chosen files are sent as they are (any format the service decodes).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const WAV_RATE = 16000;
+const MAX_RECORDING_S = 60;
+let chosen = [];          // [{blob, name}]: what enrol sends (all), verify and identify (the first)
+let recorder = null;      // the MediaRecorder while recording
+
+class PageError extends Error {}
+
+function element(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  if (className) node.className = className;
+  return node;
+}
+
+function show(state, ...nodes) {
+  const result = $("result");
+  result.dataset.state = state;
+  result.replaceChildren(...nodes);
+}
+
+function showError(error) {
+  show("error", element("div", error instanceof PageError ? error.message : `error: ${error.message || error}`));
+}
+
+async function call(method, path, form) {
+  const key = $("key").value.trim();
+  if (!key) throw new PageError("Type an API key first (section 1).");
+  let response;
+  try {
+    response = await fetch(path, { method, body: form, headers: { Authorization: `Bearer ${key}` } });
+  } catch (error) {
+    throw new PageError(`the server did not answer (${error.message})`);
+  }
+  let body = null;
+  try { body = await response.json(); } catch (ignored) { /* not JSON: said below */ }
+  if (!response.ok) {
+    const error = (body && body.error) || { code: `http_${response.status}`, message: response.statusText };
+    const retry = response.headers.get("Retry-After");
+    throw new PageError(`${response.status} ${error.code}: ${error.message}${retry ? ` (retry in ${retry} s)` : ""}`);
+  }
+  return body;
+}
+
+function busy(on) {
+  for (const id of ["enrol", "verify", "identify", "check", "list"]) $(id).disabled = on;
+}
+
+async function run(label, work) {
+  busy(true);
+  show("busy", element("span", `${label}...`, "muted"));
+  try {
+    await work();
+  } catch (error) {
+    showError(error);
+  } finally {
+    busy(false);
+  }
+}
+
+// --- what is sent ---------------------------------------------------------------------------------
+
+function setChosen(items, description) {
+  chosen = items;
+  $("chosen").textContent = description;
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.hidden = items.length === 0;
+  if (items.length) preview.src = URL.createObjectURL(items[0].blob);
+}
+
+function recording() {
+  if (!chosen.length) throw new PageError("Record something or choose a file first (section 2).");
+  return chosen;
+}
+
+function speakerName() {
+  const name = $("speaker").value.trim();
+  if (!name) throw new PageError("Type a speaker name first (section 3).");
+  return name;
+}
+
+$("file").addEventListener("change", () => {
+  const files = Array.from($("file").files);
+  const names = files.map((f) => f.name).join(", ");
+  setChosen(files.map((f) => ({ blob: f, name: f.name })),
+            files.length > 1 ? `${files.length} files: ${names} (enrol sends all; verify and identify the first)`
+                             : files.length ? `file: ${names}` : "nothing chosen yet");
+});
+
+// --- the microphone -------------------------------------------------------------------------------
+
+function wavBytes(samples, rate) {
+  const view = new DataView(new ArrayBuffer(44 + samples.length * 2));
+  const text = (offset, s) => { for (let i = 0; i < s.length; i++) view.setUint8(offset + i, s.charCodeAt(i)); };
+  text(0, "RIFF"); view.setUint32(4, 36 + samples.length * 2, true); text(8, "WAVE");
+  text(12, "fmt "); view.setUint32(16, 16, true); view.setUint16(20, 1, true); view.setUint16(22, 1, true);
+  view.setUint32(24, rate, true); view.setUint32(28, rate * 2, true); view.setUint16(32, 2, true);
+  view.setUint16(34, 16, true); text(36, "data"); view.setUint32(40, samples.length * 2, true);
+  for (let i = 0; i < samples.length; i++) {
+    const s = Math.max(-1, Math.min(1, samples[i]));
+    view.setInt16(44 + 2 * i, s < 0 ? s * 0x8000 : s * 0x7fff, true);
+  }
+  return new Blob([view.buffer], { type: "audio/wav" });
+}
+
+async function toWav(blob) {
+  const context = new AudioContext();
+  let decoded;
+  try {
+    decoded = await context.decodeAudioData(await blob.arrayBuffer());
+  } finally {
+    context.close();
+  }
+  const frames = Math.max(1, Math.ceil(decoded.duration * WAV_RATE));
+  const offline = new OfflineAudioContext(1, frames, WAV_RATE);  // resampled and mixed to mono
+  const source = offline.createBufferSource();
+  source.buffer = decoded;
+  source.connect(offline.destination);
+  source.start();
+  const rendered = await offline.startRendering();
+  return { wav: wavBytes(rendered.getChannelData(0), WAV_RATE), seconds: rendered.length / WAV_RATE };
+}
+
+async function startRecording() {
+  if (!navigator.mediaDevices || !window.MediaRecorder) {
+    throw new PageError("This browser cannot record here: the microphone needs https (or localhost) and MediaRecorder.");
+  }
+  let stream;
+  try {  // the voice as it is: no echo cancellation, noise suppression or gain control
+    stream = await navigator.mediaDevices.getUserMedia(
+      { audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
+  } catch (error) {
+    throw new PageError(`no microphone: ${error.message || error.name}`);
+  }
+  const chunks = [];
+  const started = performance.now();
+  recorder = new MediaRecorder(stream);
+  const button = $("record");
+  const state = $("record-state");
+  const ticker = setInterval(() => {
+    const seconds = (performance.now() - started) / 1000;
+    state.textContent = `recording: ${seconds.toFixed(1)} s (click Stop)`;
+    if (seconds >= MAX_RECORDING_S && recorder) recorder.stop();
+  }, 100);
+  recorder.addEventListener("dataavailable", (event) => { if (event.data.size) chunks.push(event.data); });
+  recorder.addEventListener("stop", async () => {
+    clearInterval(ticker);
+    stream.getTracks().forEach((track) => track.stop());
+    const type = recorder.mimeType;
+    recorder = null;
+    button.textContent = "\u25CF Record";
+    button.classList.remove("recording");
+    state.textContent = "converting to WAV...";
+    try {
+      const { wav, seconds } = await toWav(new Blob(chunks, { type }));
+      $("file").value = "";  // the recording replaces any file chosen before
+      setChosen([{ blob: wav, name: "recording.wav" }], `recording: ${seconds.toFixed(1)} s from the microphone`);
+      state.textContent = "recorded; record again to replace it";
+    } catch (error) {
+      state.textContent = "";
+      showError(new PageError(`the recording could not be decoded: ${error.message || error}`));
+    }
+  });
+  recorder.start();
+  button.textContent = "\u25A0 Stop";
+  button.classList.add("recording");
+}
+
+$("record").addEventListener("click", async () => {
+  if (recorder) {
+    recorder.stop();
+    return;
+  }
+  try {
+    await startRecording();
+  } catch (error) {
+    showError(error);
+  }
+});
+
+// --- the calls ------------------------------------------------------------------------------------
+
+function form(fields, files, field) {
+  const data = new FormData();
+  for (const item of files) data.append(field, item.blob, item.name);
+  for (const [name, value] of Object.entries(fields)) data.append(name, value);
+  return data;
+}
+
+function score(value) {
+  return typeof value === "number" ? value.toFixed(3) : String(value);
+}
+
+$("enrol").addEventListener("click", () => run("enrolling", async () => {
+  const items = recording();
+  const name = speakerName();
+  const body = await call("POST", `/v1/speakers/${encodeURIComponent(name)}/enrol`, form({}, items, "files"));
+  const speaker = body.speaker;
+  show("done", element("div", `enrolled ${speaker.id}`, "yes"),
+       element("div", `${body.added} recording(s) added (${body.created ? "new speaker" : "added to the speaker"}); ` +
+                      `${speaker.utterances} in all`));
+  if (!$("speakers").dataset.forbidden) await listSpeakers(false);
+}));
+
+$("verify").addEventListener("click", () => run("verifying", async () => {
+  const items = recording().slice(0, 1);
+  const name = speakerName();
+  const body = await call("POST", "/v1/verify", form({ speaker: name }, items, "file"));
+  const answer = element("div", body.same_speaker ? `same speaker: ${name}` : `not ${name}`,
+                         body.same_speaker ? "yes" : "no");
+  answer.id = "answer";
+  show("done", answer, element("div", `score ${score(body.score)} (${body.score_kind}), threshold ${score(body.threshold)}; ` +
+                                      `cosine similarity ${score(body.similarity)}`));
+}));
+
+$("identify").addEventListener("click", () => run("identifying", async () => {
+  const items = recording().slice(0, 1);
+  const body = await call("POST", "/v1/identify", form({ top_k: "3" }, items, "file"));
+  const answer = element("div", body.speaker, body.speaker === "unknown" ? "no" : "yes");
+  answer.id = "answer";
+  const table = element("table");
+  const head = table.createTHead().insertRow();
+  head.append(element("th", "speaker"), element("th", `score (${body.score_kind})`));
+  const rows = table.createTBody();
+  for (const match of body.matches) {
+    const row = rows.insertRow();
+    row.append(element("td", match.speaker), element("td", score(match.score)));
+  }
+  const note = body.speaker === "unknown"
+    ? (body.matches.length ? `no enrolled speaker scores above the threshold ${score(body.threshold)}` : "nobody is enrolled yet")
+    : `best of the enrolled speakers for ${items[0].name}; threshold ${score(body.threshold)}`;
+  show("done", element("div", "Who is this?", "muted"), answer, element("div", note, "muted"), table);
+}));
+
+$("check").addEventListener("click", () => run("checking the key", async () => {
+  const body = await call("GET", "/readyz");
+  $("key-state").textContent = `key accepted: model ${body.model_sha256.slice(0, 12)}, runtime ${body.runtime}, ` +
+                               `${body.workers} worker(s)`;
+  show("idle", element("span", "the service is ready", "muted"));
+  await listSpeakers(false);
+}));
+
+async function listSpeakers(loud) {
+  const list = $("speakers");
+  let body;
+  try {
+    body = await call("GET", "/v1/speakers?limit=100");
+  } catch (error) {
+    list.dataset.forbidden = error.message.startsWith("403") ? "yes" : "";
+    list.replaceChildren(element("li", error.message, "muted"));
+    if (loud) throw error;
+    return;
+  }
+  list.dataset.forbidden = "";
+  const items = body.speakers.map((speaker) => {
+    const item = element("li", `${speaker.id}${speaker.name && speaker.name !== speaker.id ? ` (${speaker.name})` : ""}: ` +
+                                `${speaker.utterances} recording(s)`);
+    const erase = element("button", "Delete", "small");
+    erase.type = "button";
+    erase.addEventListener("click", () => run(`deleting ${speaker.id}`, async () => {
+      if (!window.confirm(`Erase ${speaker.id} and all its embeddings?`)) { show("idle"); return; }
+      const done = await call("DELETE", `/v1/speakers/${encodeURIComponent(speaker.id)}`);
+      show("done", element("div", `deleted ${done.deleted} (${done.utterances} embedding(s) erased)`));
+      await listSpeakers(false);
+    }));
+    item.append(erase);
+    return item;
+  });
+  if (body.next) items.push(element("li", "... (the first 100 shown)", "muted"));
+  list.replaceChildren(...(items.length ? items : [element("li", "nobody is enrolled yet", "muted")]));
+}
+
+$("list").addEventListener("click", () => run("listing", async () => {
+  await listSpeakers(true);
+  show("idle", element("span", "list refreshed", "muted"));
+}));

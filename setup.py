@@ -16,7 +16,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["deep_speaker", "deep_speaker.*"]),
-    package_data={"deep_speaker": ["pretrained/*"]},
+    package_data={"deep_speaker": ["pretrained/*", "service/static/*"]},  # static/: the service's page
     include_package_data=True,
     install_requires=list(DECLARED["REQUIREMENTS"]),
     extras_require={extra: list(requirements) for extra, requirements in DECLARED["EXTRAS"].items()},

@@ -59,7 +59,9 @@ EXTRAS = {
     "serve": SERVE,
     # httpx: the client of FastAPI's TestClient, which the service's tests drive it with
     # pytest-xdist: the test processes of scripts/run_tests.sh (-n auto)
-    "test": TRAIN + SERVE + ("pytest>=7", "hypothesis>=6", "httpx>=0.24", "pytest-xdist>=3.5"),
+    # selenium: drives Debian's headless Chromium in the service page's test; 4.6.0 is the oldest that test
+    # passes with (4.0 breaks on urllib3 2), and with the driver's path given it runs no Selenium Manager
+    "test": TRAIN + SERVE + ("pytest>=7", "hypothesis>=6", "httpx>=0.24", "pytest-xdist>=3.5", "selenium>=4.6"),
 }
 
 # The module a distribution is imported as, where the two names differ.

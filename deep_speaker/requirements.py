@@ -112,12 +112,28 @@ def missing_requirements(extras: tuple[str, ...] | list[str] = ()) -> list[str]:
     return missing
 
 
+def _without_stderr(function, *args):
+    """function(*args) with file descriptor 2 sent to /dev/null: TensorFlow's C++ start-up lines
+    come before any setting can silence them, and a failed import's reason is in the result anyway."""
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        return function(*args)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Check that this Python can import every requirement of deep-speaker "
                                             "(the core and the named extras); exit 1 naming what is missing.")
     p.add_argument("--check", nargs="*", default=[], metavar="EXTRA", help="extras to check besides the core")
     args = p.parse_args(argv)
-    missing = missing_requirements(args.check)
+    missing = _without_stderr(missing_requirements, args.check)
     for line in missing:
         print(f"missing: {line}")
     return 1 if missing else 0

@@ -347,6 +347,40 @@ class SpeakerEncoder:
         found = enrolment.rank(embeddings, labels, top_k, threshold)
         return found[0] if single else found
 
+    # --- diarization ----------------------------------------------------------------------------------
+
+    def diarize(self, recording: PathLike | np.ndarray, num_speakers: int | None = None,
+                min_speakers: int | None = None, max_speakers: int | None = None,
+                enrolment: Enrolment | PathLike | None = None, *, sample_rate: int | None = None,
+                settings=None):
+        """Who spoke when (`deep_speaker.diarization`): a file (streamed, any length in bounded memory) or
+        samples with `sample_rate`. num_speakers: exactly that many speakers; else their number is
+        estimated, within min_speakers..max_speakers when given. enrolment: clusters that match an
+        enrolled speaker at the identification threshold take its name. A recording without speech
+        gives an empty `Diarization` whose `.reason` says why; an unreadable file raises AudioError."""
+        from deep_speaker.diarization import diarize_blocks, waveform_blocks
+
+        if enrolment is not None and not isinstance(enrolment, Enrolment):
+            enrolment = Enrolment.load(enrolment)
+        rate = self.config.sample_rate_hz
+        if isinstance(recording, (str, Path)):
+            path = str(recording)
+            try:
+                return diarize_blocks(stream_audio(path, rate), Path(path).stem, self, num_speakers=num_speakers,
+                                      min_speakers=min_speakers, max_speakers=max_speakers, enrolment=enrolment,
+                                      settings=settings)
+            except AudioError as error:
+                raise type(error)(f"{path}: {_without_prefix(str(error), path)}") from None
+        if sample_rate is None:
+            raise ValueError("diarize(samples) needs sample_rate=")
+        if not MIN_INPUT_RATE_HZ <= int(sample_rate) <= MAX_INPUT_RATE_HZ:
+            raise AudioError(f"waveform: sample rate {sample_rate} Hz outside "
+                             f"{MIN_INPUT_RATE_HZ}-{MAX_INPUT_RATE_HZ} Hz")
+        audio = resample(_mono(recording), int(sample_rate), rate)
+        return diarize_blocks(waveform_blocks(audio, 5 * rate), "waveform", self, num_speakers=num_speakers,
+                              min_speakers=min_speakers, max_speakers=max_speakers, enrolment=enrolment,
+                              settings=settings)
+
     # --- internals ----------------------------------------------------------------------------------
 
     def _require(self, require_speech: bool | None) -> bool:

@@ -75,6 +75,11 @@ class Embedder:
             rows.append(row)
         return np.stack(rows) if rows else np.zeros((0, self.embedding_dim), np.float32)
 
+    def embed_batch(self, batch: np.ndarray) -> np.ndarray:
+        """(n, frames, num_fbanks, 1) float32 features of equal length -> (n, embedding_dim) rows in one model
+        call (diarization's windows; their length is checked by the caller)."""
+        return np.asarray(self._embed_one(np.asarray(batch, np.float32)))
+
     def file_features(self, path: str | Path) -> np.ndarray:
         """Features of one audio file, made exactly as the pipeline makes them."""
         try:

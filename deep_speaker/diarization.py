@@ -1,0 +1,557 @@
+"""Speaker diarization: who spoke when in a recording.
+
+`SpeakerEncoder.diarize(path_or_waveform)` runs these steps, each chosen by
+measurement on simulated conversations of training speakers (docs/diarization.md;
+`bench/diarization.py` prints the tables), every setting in `DiarizationSettings`:
+
+1. **Speech at frame level** (25 ms frames every 10 ms, at the model's rate): the
+   rule of `deep_speaker.speech` applied per frame (loud enough within
+   `SPEECH_RANGE_DB` of the loud frames of its `CHUNK_S` chunk, not noise-like,
+   not a pure tone, in runs of 30 ms), or `webrtcvad` when chosen and installed.
+   Pauses up to `bridge_s` are bridged, islands under `min_speech_s` dropped.
+2. **Embeddings**: the speech frames, in order, are cut into windows of
+   `window_s` of speech every `hop_s`; each window's log fbank is normalised
+   on its own (as an utterance) and the windows go through the model in batches.
+   The file is streamed in blocks (`deep_speaker.long_audio.stream_audio`) and
+   only a window's worth of frames is held, so memory does not grow with length
+   beyond the embeddings (2 kB per window) and a few bytes per frame.
+3. **Clustering**: agglomerative clustering (scipy, average linkage, cosine) of
+   the window embeddings, cut at the cosine similarity `threshold` (calibrated
+   on training speakers' conversations) or at exactly `num_speakers` clusters
+   (clamped into `min_speakers`..`max_speakers`); then `refine_iterations` of
+   reassigning every window to its nearest centroid, and clusters holding less
+   than `min_cluster_s` of speech merged into their nearest neighbour.
+4. **Boundaries at frame level**: every speech frame scores each speaker by the
+   mean cosine similarity to that speaker's centroid of the windows covering it,
+   smoothed over `smooth_s`; the best speaker wins the frame, so turns change
+   where the voices change, not on the window grid.
+
+Labels are `speaker_1`, `speaker_2`, ... in order of first appearance; with an
+enrolment, a cluster whose centroid matches an enrolled speaker at or above the
+identification threshold takes that name (each name once, best matches first).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deep_speaker.conversations import bridge, runs
+from deep_speaker.errors import InputError
+from deep_speaker.features import compute_fbank, normalize_utterance
+from deep_speaker.io_utils import atomic_write_text
+from deep_speaker.speech import MAX_PEAK_SHARE, MIN_RUN_FRAMES, _frame_statistics, _in_runs
+
+CHUNK_S = 30.0  # audio analysed at a time (its frames' loudness is judged against the chunk's loud frames)
+SPEECH_FLOOR_DBFS = -60.0  # a speech frame's band energy is above this ...
+SPEECH_RANGE_DB = 45.0  # ... and within this of the chunk's loud frames (its 99th percentile)
+# Spectral flatness below which a frame is speech-like: looser than speech.py's 0.3 (a whole-recording test), so
+# that fricatives count; 0.3 missed 9 % of the reference speech of the calibration conversations, 0.5 1.3 %.
+SPEECH_MAX_FLATNESS = 0.5
+BATCH_WINDOWS = 32  # windows per model call
+MAX_CLUSTER_WINDOWS = 4000  # more windows are clustered by an evenly spread subset, then all assigned (memory)
+FRAME_S = 0.010
+
+
+@dataclass(frozen=True)
+class DiarizationSettings:
+    """Every setting of the diarization, with the value measured best (docs/diarization.md)."""
+
+    bridge_s: float = 0.3  # pauses up to this long inside speech are bridged
+    min_speech_s: float = 0.2  # speech islands shorter than this are dropped
+    window_s: float = 1.5  # speech per embedding window
+    hop_s: float = 0.5  # speech between window starts
+    split_gap_s: float = 0.5  # no window spans a pause longer than this
+    min_window_s: float = 0.5  # a stretch of speech shorter than a window gets one window if at least this long
+    clustering: str = "ahc"  # "ahc" (agglomerative, cut at `threshold`) or "spectral" (eigengap count)
+    threshold: float = 0.4  # ahc: cosine similarity at which agglomerative clustering stops merging
+    prune: float = 0.2  # spectral: each window keeps its affinities to this share of the others, its nearest
+    refine_iterations: int = 2
+    min_cluster_s: float = 3.0  # a cluster with less speech is merged into its nearest (unless num_speakers)
+    smooth_s: float = 0.5  # moving average of each frame's speaker scores
+    min_turn_s: float = 0.3  # a shorter turn that touches another speaker's joins it
+    max_speakers: int = 20  # the most speakers found when no count is given
+
+
+@dataclass
+class Diarization:
+    """Who spoke when: `segments` [(start_s, end_s, label)], sorted; `reason` says why none when empty."""
+
+    uri: str
+    segments: list[tuple[float, float, str]]
+    duration_s: float
+    reason: str = ""
+    speech_s: float = 0.0
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def speakers(self) -> list[str]:
+        """The labels in order of first appearance."""
+        return list(dict.fromkeys(label for _, _, label in self.segments))
+
+    @property
+    def num_speakers(self) -> int:
+        return len(self.speakers)
+
+    def to_rttm(self, path: str | Path) -> Path:
+        """Write the standard RTTM file (one SPEAKER line per segment), atomically."""
+        return write_rttm(path, self.uri, self.segments)
+
+    def to_dict(self) -> dict:
+        """As diarize.py --json prints it."""
+        return {"uri": self.uri, "duration_s": round(self.duration_s, 3), "speech_s": round(self.speech_s, 3),
+                "num_speakers": self.num_speakers, "speakers": self.speakers, "reason": self.reason,
+                "segments": [{"start": round(s, 3), "end": round(e, 3), "speaker": label}
+                             for s, e, label in self.segments]}
+
+
+# --- RTTM ---------------------------------------------------------------------------------------
+
+def rttm_lines(uri: str, segments: Iterable[tuple[float, float, str]]) -> list[str]:
+    """RTTM lines: SPEAKER <uri> 1 <start> <duration> <NA> <NA> <label> <NA> <NA>.
+
+    >>> rttm_lines("call", [(0.5, 1.75, "speaker_1")])
+    ['SPEAKER call 1 0.500 1.250 <NA> <NA> speaker_1 <NA> <NA>']
+    """
+    uri = _rttm_token(uri)
+    return [f"SPEAKER {uri} 1 {start:.3f} {end - start:.3f} <NA> <NA> {_rttm_token(label)} <NA> <NA>"
+            for start, end, label in segments]
+
+
+def _rttm_token(text: str) -> str:
+    """RTTM fields are separated by spaces: none inside one."""
+    return re.sub(r"\s+", "_", str(text).strip()) or "_"
+
+
+def write_rttm(path: str | Path, uri: str, segments: Iterable[tuple[float, float, str]]) -> Path:
+    path = Path(path)
+    lines = rttm_lines(uri, segments)
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return path
+
+
+def read_rttm(path: str | Path) -> dict[str, list[tuple[float, float, str]]]:
+    """{uri: sorted [(start_s, end_s, label)]} of the SPEAKER lines of an RTTM file; InputError naming the
+    line for anything else that is not a comment or blank."""
+    found: dict[str, list[tuple[float, float, str]]] = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith(("#", ";")):
+            continue
+        if fields[0] != "SPEAKER":
+            continue  # other RTTM types (SPKR-INFO, ...) say nothing of who spoke when
+        try:
+            start, duration = float(fields[3]), float(fields[4])
+            label = fields[7]
+        except (IndexError, ValueError):
+            raise InputError(f"{path}:{number}: not an RTTM SPEAKER line ({line.strip()[:80]!r})") from None
+        if not (math.isfinite(start) and math.isfinite(duration)) or duration < 0 or start < 0:
+            raise InputError(f"{path}:{number}: start and duration must be non-negative numbers")
+        found.setdefault(fields[1], []).append((round(start, 3), round(start + duration, 3), label))
+    return {uri: sorted(segments) for uri, segments in found.items()}
+
+
+# --- 1. speech at frame level -------------------------------------------------------------------
+
+def speech_frames(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Per 10 ms frame: speech by `deep_speaker.speech`'s rule, judged within this chunk of audio."""
+    energy_db, flatness, peak_share = _frame_statistics(np.asarray(audio, np.float32), sample_rate)
+    loud = energy_db > SPEECH_FLOOR_DBFS
+    if loud.any():
+        loud &= energy_db > np.percentile(energy_db[loud], 99) - SPEECH_RANGE_DB
+    return _in_runs(loud & (flatness < SPEECH_MAX_FLATNESS) & (peak_share < MAX_PEAK_SHARE), MIN_RUN_FRAMES)
+
+
+# --- streamed features and windows --------------------------------------------------------------
+
+@dataclass
+class _Frames:
+    """What one pass over a recording keeps: per-frame speech flags, and the windows' embeddings."""
+
+    speech: np.ndarray  # (num_frames,) raw speech flags
+    starts: np.ndarray  # (num_windows,) index into the speech frames (the compressed axis) of each window
+    lengths: np.ndarray  # (num_windows,) frames per window
+    embeddings: np.ndarray  # (num_windows, dim)
+    speech_index: np.ndarray  # (num_speech_frames,) timeline frame of each speech frame
+    num_frames: int
+
+
+class _WindowStream:
+    """Cuts the stream of speech frames into windows and embeds them in batches. A pause longer than
+    `split_gap` frames ends a stretch of speech: windows never span one (the last window of a stretch ends
+    at its end; a stretch shorter than a window but of at least `min_frames` gets one window of its own)."""
+
+    def __init__(self, embed, window: int, hop: int, dim: int, split_gap: int, min_frames: int):
+        self.embed, self.window, self.hop, self.dim = embed, window, hop, dim
+        self.split_gap, self.min_frames = split_gap, min_frames
+        self.buffer = np.zeros((0, 0), np.float32)  # speech fbank frames not yet past every window
+        self.offset = 0  # compressed index of buffer[0]
+        self.next_start = 0  # compressed index of the next window's start
+        self.stretch_start = 0  # compressed index where the current stretch of speech began
+        self.last_start = -1  # compressed index of the last window queued
+        self.last_frame = None  # timeline index of the last speech frame seen
+        self.pending: list[np.ndarray] = []
+        self.starts: list[int] = []
+        self.lengths: list[int] = []
+        self.rows: list[np.ndarray] = []
+
+    def add(self, fbank: np.ndarray, frames: np.ndarray) -> None:
+        """Speech frames' fbank rows and their timeline indices."""
+        previous = np.concatenate([[frames[0] if self.last_frame is None else self.last_frame], frames[:-1]])
+        breaks = np.flatnonzero(frames - previous > self.split_gap)
+        pieces = np.split(np.arange(len(frames)), breaks)
+        for k, piece in enumerate(pieces):
+            if k > 0 or (len(breaks) and breaks[0] == 0):
+                self.close_stretch()
+            if len(piece):
+                self._add(fbank[piece])
+        self.last_frame = int(frames[-1])
+
+    def _add(self, fbank: np.ndarray) -> None:
+        self.buffer = fbank if self.buffer.size == 0 else np.concatenate([self.buffer, fbank])
+        end = self.offset + len(self.buffer)
+        while self.next_start + self.window <= end:
+            local = self.next_start - self.offset
+            self._queue(self.next_start, self.buffer[local:local + self.window])
+            self.next_start += self.hop
+        keep = min(self.next_start, end - self.window) - self.offset  # the stretch's last window may need them
+        if keep > 0:
+            self.buffer = self.buffer[keep:]
+            self.offset += keep
+
+    def close_stretch(self) -> None:
+        """End the current stretch of speech: its last window, then a new grid."""
+        end = self.offset + len(self.buffer)
+        length = end - self.stretch_start
+        if length >= self.window and self.last_start + self.window < end:
+            self._queue(end - self.window, self.buffer[end - self.window - self.offset:])
+        elif self.min_frames <= length < self.window:
+            self._queue(self.stretch_start, self.buffer[self.stretch_start - self.offset:])
+        self.buffer = np.zeros((0, 0), np.float32)
+        self.offset = self.next_start = self.stretch_start = end
+
+    def _queue(self, start: int, frames: np.ndarray) -> None:
+        self.pending.append(normalize_utterance(frames))
+        self.last_start = start
+        self.starts.append(start)
+        self.lengths.append(len(frames))
+        if len(self.pending) >= BATCH_WINDOWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        by_length: dict[int, list[int]] = {}
+        for i, frames in enumerate(self.pending):
+            by_length.setdefault(len(frames), []).append(i)
+        out = np.zeros((len(self.pending), self.dim), np.float32)
+        for indices in by_length.values():
+            batch = np.stack([self.pending[i] for i in indices])[..., None]
+            out[indices] = self.embed(batch)
+        self.rows.append(out)
+        self.pending = []
+
+    def finish(self) -> None:
+        self.close_stretch()
+        self._flush()
+
+    def embeddings(self) -> np.ndarray:
+        return np.concatenate(self.rows) if self.rows else np.zeros((0, self.dim), np.float32)
+
+
+def _stream_frames(blocks: Iterable[np.ndarray], config, settings: DiarizationSettings, embed, dim: int) -> _Frames:
+    """One pass: speech flags per frame, and embeddings of windows of speech (the module's steps 1-2)."""
+    rate = config.sample_rate_hz
+    hop = config.frame_shift_samples
+    length = config.frame_length_samples
+    chunk = int(CHUNK_S * rate)
+    window = int(round(settings.window_s / FRAME_S))
+    stream = _WindowStream(embed, window, max(1, int(round(settings.hop_s / FRAME_S))), dim,
+                           int(round(settings.split_gap_s / FRAME_S)),
+                           max(10, int(round(settings.min_window_s / FRAME_S))))
+    flags, indices = [], []
+    frame0 = 0  # timeline index of the next frame
+    buffer = np.zeros(0, np.float32)
+
+    def analyse(audio: np.ndarray) -> int:
+        """Frames of `audio` (whole frames only); returns how many."""
+        nonlocal frame0
+        count = 1 + (len(audio) - length) // hop
+        used = audio[:length + (count - 1) * hop]
+        speech = speech_frames(used, rate)[:count]
+        speech = np.pad(speech, (0, count - len(speech)))
+        fbank = compute_fbank(used, config)
+        flags.append(speech)
+        where = np.flatnonzero(speech)
+        indices.append(frame0 + where)
+        if len(where):
+            stream.add(fbank[where], frame0 + where)
+        frame0 += count
+        return count
+
+    for block in blocks:
+        buffer = np.concatenate([buffer, block]) if len(buffer) else block
+        if len(buffer) >= chunk + length:
+            count = analyse(buffer[:chunk + length - hop])
+            buffer = buffer[count * hop:]
+    if len(buffer) >= length:
+        analyse(buffer)
+    speech_index = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    stream.finish()
+    speech = np.concatenate(flags) if flags else np.zeros(0, bool)
+    return _Frames(speech, np.asarray(stream.starts, np.int64), np.asarray(stream.lengths, np.int64),
+                   stream.embeddings(), speech_index, frame0)
+
+
+# --- 3. clustering ------------------------------------------------------------------------------
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def cluster(embeddings: np.ndarray, weights: np.ndarray, settings: DiarizationSettings,
+            num_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None) -> np.ndarray:
+    """Cluster labels 0..k-1 of unit window embeddings (the module's step 3)."""
+    n = len(embeddings)
+    max_speakers = settings.max_speakers if max_speakers is None else max_speakers
+    if n == 1:
+        return np.zeros(1, np.int64)
+    subset = np.arange(n) if n <= MAX_CLUSTER_WINDOWS else np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(int)
+    if settings.clustering == "spectral":
+        labels = spectral_labels(embeddings[subset], settings.prune, num_speakers, min_speakers, max_speakers) + 1
+    else:
+        labels = _ahc_labels(embeddings[subset], settings, num_speakers, min_speakers, max_speakers)
+    centroids = _centroids(embeddings[subset], labels - 1, weights[subset])
+    assigned = np.argmax(embeddings @ centroids.T, axis=1)
+    return _refined(embeddings, weights, assigned, settings, num_speakers, min_speakers)
+
+
+def spectral_labels(embeddings: np.ndarray, prune: float, num_speakers: int | None, min_speakers: int,
+                    max_speakers: int) -> np.ndarray:
+    """Spectral clustering of unit rows: cosine affinities, each row pruned to its nearest `prune` share and
+    symmetrised, the normalised Laplacian's smallest eigenvectors; the count is `num_speakers` or the
+    largest gap among the first `max_speakers` + 1 eigenvalues (clamped to `min_speakers`); k-means++ on the
+    row-normalised eigenvectors (scipy.cluster.vq, seeded)."""
+    from scipy.cluster.vq import kmeans2
+    from scipy.linalg import eigh
+
+    n = len(embeddings)
+    affinity = np.clip(embeddings.astype(np.float64) @ embeddings.T.astype(np.float64), 0.0, None)
+    keep = max(2, int(math.ceil(prune * n)))
+    if keep < n:
+        cut = np.partition(affinity, n - keep, axis=1)[:, n - keep][:, None]
+        affinity = np.where(affinity >= cut, affinity, 0.0)
+    affinity = (affinity + affinity.T) / 2
+    degree = np.maximum(affinity.sum(axis=1), 1e-12)
+    scale = 1.0 / np.sqrt(degree)
+    laplacian = np.eye(n) - scale[:, None] * affinity * scale[None, :]
+    top = min(n - 1, max_speakers)
+    values, vectors = eigh(laplacian, subset_by_index=[0, top])
+    if num_speakers is not None:
+        k = min(num_speakers, n)
+    else:
+        k = int(np.argmax(np.diff(values[:top + 1]))) + 1
+        k = int(np.clip(k, min_speakers, max_speakers))
+    if k == 1:
+        return np.zeros(n, np.int64)
+    points = vectors[:, :k]
+    points = points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
+    _, labels = kmeans2(points, k, minit="++", seed=np.random.default_rng(0), iter=30)
+    return np.unique(labels, return_inverse=True)[1].astype(np.int64)
+
+
+def _ahc_labels(embeddings: np.ndarray, settings: DiarizationSettings, num_speakers: int | None,
+                min_speakers: int, max_speakers: int) -> np.ndarray:
+    """Agglomerative clustering (average linkage, cosine), labels 1..k."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    tree = linkage(embeddings.astype(np.float64), method="average", metric="cosine")
+    if num_speakers is not None:
+        return fcluster(tree, t=min(num_speakers, len(embeddings)), criterion="maxclust")
+    labels = fcluster(tree, t=1.0 - settings.threshold, criterion="distance")
+    k = len(np.unique(labels))
+    if not min_speakers <= k <= max_speakers:
+        labels = fcluster(tree, t=int(np.clip(k, min_speakers, max_speakers)), criterion="maxclust")
+    return np.unique(labels, return_inverse=True)[1] + 1
+
+
+def _refined(embeddings: np.ndarray, weights: np.ndarray, assigned: np.ndarray, settings: DiarizationSettings,
+             num_speakers: int | None, min_speakers: int) -> np.ndarray:
+    """Windows reassigned to their nearest centroid, then too small clusters merged into their nearest."""
+    for _ in range(settings.refine_iterations):
+        centroids = _centroids(embeddings, assigned, weights)
+        assigned = np.argmax(embeddings @ centroids.T, axis=1)
+    if num_speakers is None:  # too little speech for a speaker of its own: merged into its nearest
+        floor = max(min_speakers, 1)
+        while True:
+            centroids = _centroids(embeddings, assigned, weights)
+            present = np.unique(assigned)
+            mass = np.bincount(assigned, weights, minlength=len(centroids))[present]
+            smallest = present[np.argmin(mass)]
+            if len(present) <= floor or mass.min() * FRAME_S >= settings.min_cluster_s:
+                break
+            others = present[present != smallest]
+            members = assigned == smallest
+            assigned[members] = others[np.argmax(embeddings[members] @ centroids[others].T, axis=1)]
+    _, assigned = np.unique(assigned, return_inverse=True)
+    return assigned
+
+
+def _centroids(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    k = int(labels.max()) + 1
+    sums = np.zeros((k, embeddings.shape[1]))
+    np.add.at(sums, labels, embeddings * weights[:, None])
+    return _unit(sums)
+
+
+# --- 4. frame-level boundaries ------------------------------------------------------------------
+
+def frame_labels(frames: _Frames, labels: np.ndarray, settings: DiarizationSettings) -> np.ndarray:
+    """Label (0..k-1) of every speech frame on the compressed axis (the module's step 4)."""
+    k = int(labels.max()) + 1
+    centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))
+    scores = frames.embeddings @ centroids.T  # (windows, k)
+    total = len(frames.speech_index)
+    acc = np.zeros((total + 1, k))
+    np.add.at(acc, frames.starts, scores)
+    np.add.at(acc, np.minimum(frames.starts + frames.lengths, total), -scores)
+    count = np.zeros(total + 1)
+    np.add.at(count, frames.starts, 1)
+    np.add.at(count, np.minimum(frames.starts + frames.lengths, total), -1)
+    summed, covered = np.cumsum(acc, axis=0)[:total], np.cumsum(count)[:total]
+    mean = summed / np.maximum(covered, 1)[:, None]
+    width = max(1, int(round(settings.smooth_s / FRAME_S)))
+    if width > 1 and total > 1:  # moving average over `width` frames
+        padded = np.pad(mean, ((width // 2, width - 1 - width // 2), (0, 0)), mode="edge")
+        cumulative = np.concatenate([np.zeros((1, k)), np.cumsum(padded, axis=0)])
+        mean = (cumulative[width:] - cumulative[:-width])[:total] / width
+    return np.where(covered > 0, np.argmax(mean, axis=1), -1)
+
+
+def _timeline_segments(frames: _Frames, compressed: np.ndarray, settings: DiarizationSettings
+                       ) -> list[tuple[float, float, int]]:
+    """Segments (start_s, end_s, cluster) on the timeline: the bridged speech mask, each frame taking the label
+    of the nearest labelled speech frame."""
+    mask = bridge(frames.speech, int(round(settings.bridge_s / FRAME_S)), int(round(settings.min_speech_s / FRAME_S)))
+    if not mask.any() or not (compressed >= 0).any():
+        return []
+    n = frames.num_frames
+    label = np.full(n, -1, np.int64)
+    label[frames.speech_index] = compressed
+    known = label >= 0
+    positions = np.arange(n)
+    before = np.maximum.accumulate(np.where(known, positions, -1))
+    after = np.minimum.accumulate(np.where(known, positions, n)[::-1])[::-1]
+    use_after = (before < 0) | ((after < n) & (after - positions < positions - before))
+    nearest = np.where(use_after, np.minimum(after, n - 1), np.maximum(before, 0))
+    filled = np.where(mask, label[nearest], -1)
+    change = np.flatnonzero(np.diff(np.concatenate([[-1], filled, [-1]])) != 0)
+    runs_ = [[int(start), int(end), int(filled[start])] for start, end in zip(change[:-1], change[1:])
+             if filled[start] >= 0]
+    # A turn shorter than min_turn_s that touches another speaker's turn is that turn's (a voice does not
+    # change for a few frames); loops over turns, not frames.
+    shortest = int(round(settings.min_turn_s / FRAME_S))
+    merged: list[list[int]] = []
+    for run in runs_:
+        if merged and merged[-1][1] == run[0] and (run[1] - run[0] < shortest or merged[-1][2] == run[2]):
+            merged[-1][1] = run[1]
+        elif merged and merged[-1][1] == run[0] and merged[-1][1] - merged[-1][0] < shortest:
+            merged[-1][1], merged[-1][2] = run[1], run[2]
+        else:
+            merged.append(run)
+    return [(round(start * FRAME_S, 3), round(end * FRAME_S, 3), label) for start, end, label in merged]
+
+
+# --- the whole -----------------------------------------------------------------------------------
+
+def diarize_blocks(blocks: Iterable[np.ndarray], uri: str, encoder, *, num_speakers: int | None = None,
+                   min_speakers: int | None = None, max_speakers: int | None = None, enrolment=None,
+                   settings: DiarizationSettings | None = None) -> Diarization:
+    """Diarize a stream of mono float32 blocks at the model's rate (see `SpeakerEncoder.diarize`)."""
+    settings = settings or DiarizationSettings()
+    check_counts(num_speakers, min_speakers, max_speakers)
+    config = encoder.config
+    frames = _stream_frames(blocks, config, settings, encoder._embedder.embed_batch, encoder.embedding_dim)
+    duration = frames.num_frames * FRAME_S
+    speech_s = float(frames.speech.sum()) * FRAME_S
+    settings_dict = asdict(settings)
+    if frames.num_frames == 0:
+        return Diarization(uri, [], duration, "no speech detected (the recording is shorter than one frame)",
+                           0.0, settings_dict)
+    if len(frames.embeddings) == 0:
+        reason = (f"no speech detected ({speech_s:.2f} s of speech-like frames, at least "
+                  f"{settings.min_window_s:g} s are needed)")
+        return Diarization(uri, [], duration, reason, speech_s, settings_dict)
+    labels = cluster(frames.embeddings, frames.lengths.astype(np.float64), settings, num_speakers,
+                     min_speakers or 1, max_speakers)
+    compressed = frame_labels(frames, labels, settings)
+    segments = _timeline_segments(frames, compressed, settings)
+    names = _names(segments, frames, labels, encoder, enrolment)
+    return Diarization(uri, [(s, e, names[c]) for s, e, c in segments], duration, "" if segments else
+                       "no speech left after dropping speech islands shorter than "
+                       f"{settings.min_speech_s:g} s", speech_s, settings_dict)
+
+
+def check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
+    """One-line errors for speaker counts that cannot be met.
+
+    >>> check_counts(None, 3, 2)
+    Traceback (most recent call last):
+    ...
+    deep_speaker.errors.InputError: min_speakers 3 is more than max_speakers 2
+    """
+    for name, value in (("num_speakers", num_speakers), ("min_speakers", min_speakers),
+                        ("max_speakers", max_speakers)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if num_speakers is not None and (min_speakers is not None or max_speakers is not None):
+        raise InputError("give num_speakers or min_speakers/max_speakers, not both")
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise InputError(f"min_speakers {min_speakers} is more than max_speakers {max_speakers}")
+
+
+def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment) -> dict[int, str]:
+    """speaker_1.. in order of first appearance; enrolled names for clusters that match (threshold: the
+    model's identification threshold)."""
+    order = list(dict.fromkeys(c for _, _, c in segments))
+    names = {c: f"speaker_{i}" for i, c in enumerate(order, start=1)}
+    if enrolment is None or not order:
+        return names
+    from deep_speaker.identification import enrolment_settings
+
+    enrolment.check_compatible(encoder.model_identity, enrolment_settings(encoder.config))
+    threshold = encoder.threshold
+    if threshold is None:
+        raise InputError(f"naming enrolled speakers needs the model's identification threshold "
+                         f"({encoder.model_path.parent}/threshold.json holds none)")
+    centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))[order]
+    scores = centroids @ _unit(np.asarray(enrolment.embeddings, np.float64)).T  # (clusters, enrolled)
+    taken_c, taken_e = set(), set()
+    for flat in np.argsort(-scores, axis=None, kind="stable"):
+        c, e = divmod(int(flat), scores.shape[1])
+        if scores[c, e] < threshold:
+            break
+        if c in taken_c or e in taken_e:
+            continue
+        taken_c.add(c)
+        taken_e.add(e)
+        names[order[c]] = enrolment.speakers[e]
+    numbered = [c for c in order if c not in taken_c]
+    for i, c in enumerate(numbered, start=1):  # the rest stay numbered, 1.. in order of appearance
+        names[c] = f"speaker_{i}"
+    return names
+
+
+def waveform_blocks(audio: np.ndarray, block: int) -> Iterator[np.ndarray]:
+    """Views of audio already in memory, `block` samples at a time."""
+    for start in range(0, len(audio), block):
+        yield audio[start:start + block]
+
+
+def diarization_json(results: list[Diarization]) -> str:
+    return json.dumps([r.to_dict() for r in results])

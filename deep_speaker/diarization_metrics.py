@@ -1,0 +1,95 @@
+"""Diarization error rates by `pyannote.metrics`, the field's standard scorer (the `eval` extra).
+
+DER = (missed speech + false alarm + speaker confusion) / reference speech, with
+the optimal one-to-one mapping of hypothesis to reference speakers, and no
+scoring within `COLLAR_S` (0.25 s) of each reference boundary, as in the NIST
+RT evaluations; reported over all speech and with overlapped speech left out
+(`skip_overlap`). JER (Jaccard error rate, DIHARD II) weighs every reference
+speaker equally. Totals are over all files (time-weighted), as pyannote sums them.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+COLLAR_S = 0.25
+Segments = Sequence[tuple[float, float, str]]
+
+
+@dataclass
+class FileScore:
+    uri: str
+    reference_speakers: int
+    hypothesis_speakers: int
+    speech_s: float  # reference speech
+    missed_s: float
+    false_alarm_s: float
+    confusion_s: float
+    der: float
+    der_no_overlap: float
+    jer: float
+
+    def row(self) -> dict:
+        return {"file": self.uri, "speakers": self.reference_speakers, "found": self.hypothesis_speakers,
+                "speech_s": round(self.speech_s, 2), "der": round(self.der, 4),
+                "missed": round(self._share(self.missed_s), 4), "false_alarm": round(self._share(self.false_alarm_s), 4),
+                "confusion": round(self._share(self.confusion_s), 4), "der_no_overlap": round(self.der_no_overlap, 4),
+                "jer": round(self.jer, 4)}
+
+    def _share(self, seconds: float) -> float:
+        return seconds / self.speech_s if self.speech_s else 0.0
+
+
+def _annotation(segments: Segments, uri: str):
+    from pyannote.core import Annotation, Segment
+
+    annotation = Annotation(uri=uri)
+    for k, (start, end, label) in enumerate(segments):
+        if end > start:
+            annotation[Segment(float(start), float(end)), k] = label
+    return annotation
+
+
+class DiarizationScorer:
+    """Accumulates files; `total()` gives the set's figures."""
+
+    def __init__(self, collar: float = COLLAR_S):
+        from pyannote.metrics.diarization import DiarizationErrorRate, JaccardErrorRate
+
+        self.der = DiarizationErrorRate(collar=collar)
+        self.der_no_overlap = DiarizationErrorRate(collar=collar, skip_overlap=True)
+        self.jer = JaccardErrorRate(collar=collar)
+        self.files: list[FileScore] = []
+
+    def add(self, uri: str, reference: Segments, hypothesis: Segments) -> FileScore:
+        from pyannote.core import Segment, Timeline
+
+        ref, hyp = _annotation(reference, uri), _annotation(hypothesis, uri)
+        extent = ref.get_timeline().extent() if ref else Segment(0, 0)
+        if hyp:
+            extent = extent | hyp.get_timeline().extent() if ref else hyp.get_timeline().extent()
+        uem = Timeline([extent], uri=uri)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            detail = self.der(ref, hyp, uem=uem, detailed=True)
+            plain = self.der_no_overlap(ref, hyp, uem=uem)
+            jer = self.jer(ref, hyp, uem=uem)
+        score = FileScore(uri, len(ref.labels()), len(hyp.labels()), detail["total"], detail["missed detection"],
+                          detail["false alarm"], detail["confusion"], float(detail["diarization error rate"]),
+                          float(plain), float(jer))
+        self.files.append(score)
+        return score
+
+    def total(self) -> dict:
+        """The set's DER (and its parts, as shares of reference speech), DER without overlap, JER and
+        speaker-count accuracy."""
+        speech = sum(f.speech_s for f in self.files)
+        share = (lambda seconds: seconds / speech if speech else 0.0)
+        return {"files": len(self.files), "speech_s": round(speech, 1),
+                "der": float(abs(self.der)), "missed": share(sum(f.missed_s for f in self.files)),
+                "false_alarm": share(sum(f.false_alarm_s for f in self.files)),
+                "confusion": share(sum(f.confusion_s for f in self.files)),
+                "der_no_overlap": float(abs(self.der_no_overlap)), "jer": float(abs(self.jer)),
+                "count_accuracy": (sum(f.reference_speakers == f.hypothesis_speakers for f in self.files)
+                                   / len(self.files)) if self.files else 0.0}

@@ -32,6 +32,7 @@ setup(
             "deep-speaker-get-emb=deep_speaker.commands.get_emb:cli",
             "deep-speaker-evaluate=deep_speaker.commands.evaluate:cli",
             "deep-speaker-identify=deep_speaker.commands.identify:cli",
+            "deep-speaker-diarize=deep_speaker.commands.diarize:cli",
             "deep-speaker-download-vctk=deep_speaker.commands.download_vctk:main",
             "deep-speaker-download-corpus=deep_speaker.commands.download_corpus:main",
             "deep-speaker-export=deep_speaker.commands.export_model:main",

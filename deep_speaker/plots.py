@@ -31,6 +31,7 @@ __all__ = [
     "plot_similarity_matrix",
     "plot_embeddings_2d",
     "plot_training_curves",
+    "plot_diarization",
 ]
 
 _DPI = 100
@@ -341,5 +342,34 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path) -> Path:
         ax.set_xlabel("Epoch")
         ax.set_ylabel(family if family != "Other" else "Value")
         ax.set_title(family if family != "Other" else "Other metrics")
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_diarization(diarization, path, reference=None) -> Path:
+    """Timeline of a `deep_speaker.diarization.Diarization`: one lane per speaker (in order of first
+    appearance), time in seconds; with `reference` segments [(start, end, label)], their lanes are drawn
+    above in grey, so the two read side by side."""
+    hypothesis = list(diarization.segments)
+    lanes = [("", label) for label in dict.fromkeys(label for _, _, label in hypothesis)]
+    if reference is not None:
+        lanes = [("reference ", label) for label in dict.fromkeys(label for _, _, label in reference)] + lanes
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.45 * max(1, len(lanes))))
+    colours = plt.get_cmap("tab10")
+    row_of = {lane: i for i, lane in enumerate(reversed(lanes))}
+    for prefix, segments in (("reference ", reference or []), ("", hypothesis)):
+        labels = list(dict.fromkeys(label for _, _, label in segments))
+        for k, label in enumerate(labels):
+            spans = [(s, e - s) for s, e, other in segments if other == label]
+            colour = "0.55" if prefix else colours(k % 10)
+            ax.broken_barh(spans, (row_of[(prefix, label)] - 0.4, 0.8), facecolors=colour)
+    ax.set_yticks(range(len(lanes)))
+    ax.set_yticklabels([f"{prefix}{label}" for prefix, label in reversed(lanes)])
+    ax.set_xlim(0, max(diarization.duration_s, max((e for _, e, _ in hypothesis), default=0.0), 1e-3))
+    ax.set_ylim(-0.6, max(0.6, len(lanes) - 0.4))
+    ax.set_xlabel("time (s)")
+    title = f"{diarization.uri}: {diarization.num_speakers} speaker(s)"
+    ax.set_title(title if hypothesis else f"{title} ({diarization.reason})")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save_figure(fig, path)

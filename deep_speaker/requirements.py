@@ -36,6 +36,9 @@ AUDIO = (
 EVAL = (
     "scikit-learn>=1.3",  # ROC and DET points of evaluate.py, t-SNE/PCA of its embedding plot
     "matplotlib>=3.7",  # evaluate.py's and training's plots
+    # evaluate.py --diarization: DER (missed, false alarm, confusion, with and without overlap) and JER with a
+    # collar; 3.2 is the oldest checked against deep_speaker/diarization_metrics.py (same figures as 4.2)
+    "pyannote.metrics>=3.2",
 )
 TRAIN = (
     "tensorflow>=2.16",  # the first TensorFlow built on Keras 3
@@ -65,7 +68,7 @@ EXTRAS = {
 }
 
 # The module a distribution is imported as, where the two names differ.
-IMPORT_NAMES = {"scikit-learn": "sklearn", "pytest-xdist": "xdist"}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "pytest-xdist": "xdist", "pyannote.metrics": "pyannote"}  # a namespace package
 
 
 def distribution_name(requirement: str) -> str:

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = tuple(sorted(p.stem for p in (REPO / "scripts").glob("*.py")))
 # Commands whose valid/invalid combinations are tested elsewhere, not in the tables below.
 TABLES_ELSEWHERE = {"identify": "tests/test_identify.py", "download_corpus": "tests/test_scale_flow.py",
-                    "serve": "tests/test_service_cli.py"}
+                    "serve": "tests/test_service_cli.py", "diarize": "tests/test_diarization.py"}
 TRAIN = "--epochs 1 --steps_per_epoch 1 --batch_size 4 --width 0.125 --frames 32"
 PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's bar (stderr, by design): not an error line
 

@@ -1,0 +1,121 @@
+"""diarize.py: who spoke when in recordings (speaker diarization).
+
+    diarize.py meeting.wav [more files or globs] [--rttm OUT_DIR] [--num_speakers N | --min_speakers A
+               --max_speakers B] [--enrolment enrolment.npz] [--plot OUT_DIR] [--json]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from deep_speaker.commands.common import (CommandError, add_model_arguments, parser, positive_int,
+                                          quick_exit_entry_point, run, setup_logging)
+
+
+def build_parser():
+    p = parser("Speaker diarization: who spoke when in each recording. Prints each recording's turns (start, end, "
+               "speaker), writes standard RTTM files with --rttm and timeline pictures with --plot. Speakers are "
+               "speaker_1, speaker_2, ... in order of first appearance, or their enrolled names with --enrolment.")
+    p.add_argument("files", nargs="+", metavar="FILE|GLOB", help="recordings (any length, any rate from 8 kHz)")
+    p.add_argument("--rttm", metavar="OUT_DIR", help="write <name>.rttm per recording into this folder")
+    count = p.add_mutually_exclusive_group()
+    count.add_argument("--num_speakers", type=positive_int, default=None,
+                       help="exactly this many speakers (default: estimated from the recording)")
+    p.add_argument("--min_speakers", type=positive_int, default=None, help="at least this many speakers")
+    p.add_argument("--max_speakers", type=positive_int, default=None, help="at most this many speakers")
+    p.add_argument("--enrolment", metavar="ENROLMENT.npz",
+                   help="an enrolment written by identify.py --enroll: a speaker that matches an enrolled one at the "
+                        "model's identification threshold takes its name")
+    p.add_argument("--plot", metavar="OUT_DIR",
+                   help="write <name>.png per recording: a timeline, one lane per speaker (needs the eval extra)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
+    add_model_arguments(p)
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv=None) -> int:
+    return run(_main, argv)
+
+
+cli = quick_exit_entry_point(main)  # scripts and console entry points
+
+
+def _main(argv) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.num_speakers is not None and (args.min_speakers is not None or args.max_speakers is not None):
+        p.error("--num_speakers goes alone, not with --min_speakers/--max_speakers")
+    if args.min_speakers is not None and args.max_speakers is not None and args.min_speakers > args.max_speakers:
+        p.error("--min_speakers is more than --max_speakers")
+    setup_logging(args.verbose)
+    if args.plot:
+        from deep_speaker.extras import require_extra
+
+        require_extra("eval", "diarize.py --plot (its timeline pictures)", ["matplotlib"])
+
+    from deep_speaker.audio import AudioError
+    from deep_speaker.checkpoints import resolve_model
+    from deep_speaker.commands.get_emb import expand_files
+    from deep_speaker.encoder import SpeakerEncoder
+    from deep_speaker.identification import Enrolment
+    from deep_speaker.scoring import ScoringError
+
+    enrolment = Enrolment.load(args.enrolment) if args.enrolment else None  # a bad file fails before the model loads
+    paths = expand_files(args.files)
+    resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
+    encoder = SpeakerEncoder(resolved.path, runtime=args.runtime)
+    if not args.json:
+        print(resolved.line(encoder.runtime), flush=True)
+    if enrolment is not None:
+        from deep_speaker.identification import enrolment_settings
+
+        enrolment.check_compatible(encoder.model_identity, enrolment_settings(encoder.config), args.enrolment)
+    results, failed = [], []
+    for path in paths:
+        try:
+            result = encoder.diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+                                     max_speakers=args.max_speakers, enrolment=enrolment)
+        except (AudioError, ScoringError, OSError) as error:
+            reason = _one_line(error, path)
+            failed.append((path, reason))
+            print(f"skipped {path}: {reason}", file=sys.stderr, flush=True)
+            continue
+        written = []
+        if args.rttm:
+            written.append(str(result.to_rttm(Path(args.rttm) / f"{Path(path).stem}.rttm")))
+        if args.plot:
+            from deep_speaker.plots import plot_diarization
+
+            written.append(str(plot_diarization(result, Path(args.plot) / f"{Path(path).stem}.png")))
+        results.append((path, result, written))
+        if not args.json:
+            _print(path, result, written)
+    if args.json:
+        print(json.dumps({"model": str(resolved.path),
+                          "results": [dict(file=path, **result.to_dict(), written=written)
+                                      for path, result, written in results],
+                          "skipped": [{"file": path, "reason": reason} for path, reason in failed]}))
+    if not results:
+        raise CommandError(f"none of the {len(paths)} file(s) could be diarized")
+    return 0
+
+
+def _print(path: str, result, written: list[str]) -> None:
+    if not result.segments:
+        print(f"{path}: no speakers: {result.reason}")
+    else:
+        print(f"{path}: {result.num_speakers} speaker(s) in {result.duration_s:.1f} s "
+              f"({', '.join(result.speakers)})")
+        for start, end, label in result.segments:
+            print(f"  {start:9.2f} {end:9.2f}  {label}")
+    for item in written:
+        print(f"  written {item}")
+
+
+def _one_line(error: BaseException, path: str) -> str:
+    text = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    if isinstance(error, OSError) and not text.startswith(path):
+        text = error.strerror or text
+    return text.removeprefix(f"{path}: ")

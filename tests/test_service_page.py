@@ -85,12 +85,12 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             wait = WebDriverWait(driver, 60, poll_frequency=0.05)
             find = lambda id_: driver.find_element(By.ID, id_)  # noqa: E731
 
-            def answer_of(button: str) -> str:
+            def answer_of(button: str, state: str = "done") -> str:
                 result = find("result")
                 driver.execute_script("arguments[0].dataset.state = 'idle'", result)
                 find(button).click()
                 wait.until(lambda _: result.get_attribute("data-state") in ("done", "error"))
-                assert result.get_attribute("data-state") == "done", result.text
+                assert result.get_attribute("data-state") == state, result.text
                 return result.text
 
             def choose(*paths: Path) -> None:  # as a person choosing files does: they replace the previous choice
@@ -99,6 +99,7 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
 
             driver.get(f"{server.base}/")
             assert driver.title.startswith("deep-speaker")
+            assert answer_of("identify", "error").startswith("Record something or choose a file first")
             find("key").send_keys(key)
             find("check").click()
             wait.until(lambda _: "key accepted" in find("key-state").text)
@@ -124,6 +125,9 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             speaker.send_keys("p225")
             answer_of("verify")
             assert find("answer").text == "same speaker: p225"
+            speaker.clear()
+            speaker.send_keys("nobody")  # the API's error, as the page shows it
+            assert answer_of("verify", "error").startswith("404 speaker_not_found: speaker 'nobody' is not enrolled")
 
             # The microphone: record, stop; the page decodes what MediaRecorder made and sends WAV.
             find("record").click()
@@ -132,7 +136,7 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             find("record").click()
             wait.until(lambda _: "from the microphone" in find("chosen").text)
             seconds = float(find("chosen").text.split("recording: ")[1].split(" s")[0])
-            assert 3.0 <= seconds <= 6.0
+            assert 3.0 <= seconds <= 10.0  # about the 3.5 s between the clicks (more on a busy machine)
             answer_of("identify")
             assert find("answer").text == "p227"
 

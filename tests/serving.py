@@ -26,7 +26,7 @@ class Server:
         self.log_path = folder / f"server-{self.port}.log"
         command = [sys.executable, str(SERVE), "--database", database, "--port", str(self.port), "--workers", "1",
                    "--requests_per_minute", "100000", *flags]
-        with open(self.log_path, "w") as log:  # cwd: no deep-speaker-data/checkpoints there, so the shipped model serves
+        with open(self.log_path, "w") as log:  # cwd: no deep-speaker-data/checkpoints: the shipped model serves
             self.process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
 

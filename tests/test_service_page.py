@@ -34,7 +34,7 @@ def test_the_page_and_its_files_need_no_key_and_load_nothing_from_elsewhere():
     for path in PAGE_FILES:
         assert client.get(path).status_code == 200
     assert client.get("/page.js").headers["content-type"].startswith("text/javascript")
-    assert client.get("/readyz").status_code == 503  # the API still needs a service (and a key): only the page is public
+    assert client.get("/readyz").status_code == 503  # the API still needs a service and a key: only the page is public
     assert "/" not in create_app(None).openapi()["paths"]
 
 
@@ -66,6 +66,7 @@ def browser(fake_microphone: Path):
 def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corpus):
     need_chromium()
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     wav48 = vctk_corpus / "wav48"
@@ -93,6 +94,9 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
                 assert result.get_attribute("data-state") == state, result.text
                 return result.text
 
+            def listed() -> list[str]:  # the enrolled speakers the page lists
+                return [item.text.split(":")[0] for item in find("speakers").find_elements(By.TAG_NAME, "li")]
+
             def choose(*paths: Path) -> None:  # as a person choosing files does: they replace the previous choice
                 driver.execute_script("arguments[0].value = ''", find("file"))  # (send_keys would add to it)
                 find("file").send_keys("\n".join(str(path) for path in paths))
@@ -111,9 +115,7 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
                 speaker.clear()
                 speaker.send_keys(name)
                 assert f"enrolled {name}" in answer_of("enrol") and "3 in all" in find("result").text
-            wait.until(lambda _: len(find("speakers").find_elements(By.TAG_NAME, "li")) == 3)
-            assert [item.text.split(":")[0] for item in find("speakers").find_elements(By.TAG_NAME, "li")] == list(
-                recordings)
+            wait.until(lambda _: listed() == list(recordings))
 
             choose(recordings["p225"][3])  # a fourth recording, not enrolled
             answer_of("identify")
@@ -139,12 +141,20 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             assert 3.0 <= seconds <= 10.0  # about the 3.5 s between the clicks (more on a busy machine)
             answer_of("identify")
             assert find("answer").text == "p227"
+            screenshot = driver.get_screenshot_as_png()
+
+            # Erasing a speaker, after the page's confirmation.
+            find("speakers").find_elements(By.TAG_NAME, "button")[1].click()
+            confirmation = wait.until(expected_conditions.alert_is_present())
+            assert confirmation.text == "Erase p226 and all its embeddings?"
+            confirmation.accept()
+            wait.until(lambda _: listed() == ["p225", "p227"])
+            assert find("result").text == "deleted p226 (3 embedding(s) erased)"
 
             expected = "/v1/verify - Failed to load resource: the server responded with a status of 404"  # "nobody"
             problems = [entry for entry in driver.get_log("browser")
                         if entry["level"] == "SEVERE" and expected not in entry["message"]]
             assert problems == []
-            screenshot = driver.get_screenshot_as_png()
         finally:
             driver.quit()
         assert "Traceback" not in server.log() and key not in server.log()

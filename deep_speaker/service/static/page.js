@@ -131,7 +131,8 @@ async function toWav(blob) {
 
 async function startRecording() {
   if (!navigator.mediaDevices || !window.MediaRecorder) {
-    throw new PageError("This browser cannot record here: the microphone needs https (or localhost) and MediaRecorder.");
+    throw new PageError("This browser cannot record here: the microphone needs https (or localhost) " +
+                        "and MediaRecorder.");
   }
   let stream;
   try {  // the voice as it is: no echo cancellation, noise suppression or gain control
@@ -217,8 +218,9 @@ $("verify").addEventListener("click", () => run("verifying", async () => {
   const answer = element("div", body.same_speaker ? `same speaker: ${name}` : `not ${name}`,
                          body.same_speaker ? "yes" : "no");
   answer.id = "answer";
-  show("done", answer, element("div", `score ${score(body.score)} (${body.score_kind}), threshold ${score(body.threshold)}; ` +
-                                      `cosine similarity ${score(body.similarity)}`));
+  const detail = `score ${score(body.score)} (${body.score_kind}), threshold ${score(body.threshold)}; ` +
+                 `cosine similarity ${score(body.similarity)}`;
+  show("done", answer, element("div", detail));
 }));
 
 $("identify").addEventListener("click", () => run("identifying", async () => {
@@ -234,9 +236,11 @@ $("identify").addEventListener("click", () => run("identifying", async () => {
     const row = rows.insertRow();
     row.append(element("td", match.speaker), element("td", score(match.score)));
   }
-  const note = body.speaker === "unknown"
-    ? (body.matches.length ? `no enrolled speaker scores above the threshold ${score(body.threshold)}` : "nobody is enrolled yet")
-    : `best of the enrolled speakers for ${items[0].name}; threshold ${score(body.threshold)}`;
+  let note = `best of the enrolled speakers for ${items[0].name}; threshold ${score(body.threshold)}`;
+  if (body.speaker === "unknown") {
+    note = body.matches.length ? `no enrolled speaker scores above the threshold ${score(body.threshold)}`
+                               : "nobody is enrolled yet";
+  }
   show("done", element("div", "Who is this?", "muted"), answer, element("div", note, "muted"), table);
 }));
 
@@ -261,8 +265,8 @@ async function listSpeakers(loud) {
   }
   list.dataset.forbidden = "";
   const items = body.speakers.map((speaker) => {
-    const item = element("li", `${speaker.id}${speaker.name && speaker.name !== speaker.id ? ` (${speaker.name})` : ""}: ` +
-                                `${speaker.utterances} recording(s)`);
+    const shown = speaker.name && speaker.name !== speaker.id ? `${speaker.id} (${speaker.name})` : speaker.id;
+    const item = element("li", `${shown}: ${speaker.utterances} recording(s)`);
     const erase = element("button", "Delete", "small");
     erase.type = "button";
     erase.addEventListener("click", () => run(`deleting ${speaker.id}`, async () => {

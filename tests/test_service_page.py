@@ -94,8 +94,9 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
                 assert result.get_attribute("data-state") == state, result.text
                 return result.text
 
-            def listed() -> list[str]:  # the enrolled speakers the page lists
-                return [item.text.split(":")[0] for item in find("speakers").find_elements(By.TAG_NAME, "li")]
+            def listed() -> list[str]:  # the enrolled speakers the page lists, read at once (the list is redrawn)
+                return driver.execute_script("return Array.from(document.querySelectorAll('#speakers li'), "
+                                             "item => item.textContent.split(':')[0])")
 
             def choose(*paths: Path) -> None:  # as a person choosing files does: they replace the previous choice
                 driver.execute_script("arguments[0].value = ''", find("file"))  # (send_keys would add to it)

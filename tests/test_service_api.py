@@ -123,7 +123,8 @@ def test_the_openapi_document_is_generated_with_each_scope(client, keys):
                   for method, operation in item.items()}
     expected = {("POST", "/v1/embed"): "embed", ("POST", "/v1/verify"): "verify", ("POST", "/v1/identify"): "identify",
                 ("POST", "/v1/speakers/{speaker_id}/enrol"): "enrol", ("GET", "/v1/speakers"): "enrol",
-                ("GET", "/v1/speakers/{speaker_id}"): "enrol", ("DELETE", "/v1/speakers/{speaker_id}"): "enrol"}
+                ("GET", "/v1/speakers/{speaker_id}"): "enrol", ("DELETE", "/v1/speakers/{speaker_id}"): "enrol",
+                ("POST", "/v1/diarize"): "identify"}
     for operation, scope in expected.items():
         assert operations[operation]["x-scope"] == scope
     assert {("GET", "/healthz"), ("GET", "/readyz")} <= set(operations)
@@ -199,6 +200,89 @@ def test_embed_returns_the_encoders_embedding(client, keys, voices):
     body = client.post("/v1/embed", headers=auth(keys["embed"]), files=[upload(path)]).json()
     assert body["dim"] == len(body["embedding"]) == 512
     np.testing.assert_allclose(body["embedding"], SpeakerEncoder(workers=1).embed_file(path), atol=1e-6)
+
+
+# --- diarization: who spoke when, enrolled speakers by name ---------------------------------------
+
+def two_speaker_talk(vctk_corpus: Path, folder: Path) -> tuple[Path, list[tuple[float, float, str]]]:
+    """p239, p226, p239, p226: four real VCTK utterances at 16 kHz with 0.8 s pauses between
+    them; returns the file and the true turns (start, end, speaker) of each utterance."""
+    import librosa
+    import soundfile
+
+    pause = np.zeros(int(0.8 * 16000), np.float32)
+    parts, turns, at = [], [], 0.0
+    for name in ("p239_004", "p226_002", "p239_005", "p226_001"):
+        audio, rate = soundfile.read(str(vctk_corpus / "wav48" / name[:4] / f"{name}.wav"), dtype="float32")
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=16000)
+        turns.append((at, at + len(audio) / 16000, name[:4]))
+        parts += [audio, pause]
+        at += (len(audio) + len(pause)) / 16000
+    return write_audio_file(folder / "talk.wav", np.concatenate(parts), 16000), turns
+
+
+def test_diarize_names_the_enrolled_speaker_and_numbers_the_other(client, keys, vctk_corpus, tmp_path):
+    talk, turns = two_speaker_talk(vctk_corpus, tmp_path)
+    enrol = [vctk_corpus / "wav48" / "p239" / f"p239_00{i}.wav" for i in (1, 2, 3)]  # not in the talk
+    assert client.post("/v1/speakers/p239/enrol", headers=auth(keys["enrol"]),
+                       files=[upload(f, "files") for f in enrol]).status_code == 201
+    try:
+        body = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)]).json()
+        assert set(body) == {"segments", "speakers", "num_speakers", "duration", "speech", "reason"}, body
+        assert body["reason"] is None and body["num_speakers"] == 2
+        assert sorted(body["speakers"]) == ["p239", "speaker_1"]
+        assert body["duration"] == pytest.approx(turns[-1][1] + 0.8, abs=0.05)
+
+        def said(segments, label):  # seconds of each true speaker's turns under `label`
+            seconds = {"p239": 0.0, "p226": 0.0}
+            for segment in (s for s in segments if s["speaker"] == label):
+                for start, end, who in turns:
+                    seconds[who] += max(0.0, min(end, segment["end"]) - max(start, segment["start"]))
+            return seconds
+        named, other = said(body["segments"], "p239"), said(body["segments"], "speaker_1")
+        assert named["p239"] > 4 * named["p226"] and other["p226"] > 4 * other["p239"], (named, other)
+
+        again = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)]).json()
+        assert again == body  # the worker's enrolment of this generation, kept
+        plain = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)],
+                            data={"names": "false", "num_speakers": "2"}).json()
+        assert plain["speakers"] == ["speaker_1", "speaker_2"]
+        rttm = client.post("/v1/diarize?format=rttm", headers=auth(keys["identify"]), files=[upload(talk)])
+        assert rttm.status_code == 200 and rttm.headers["content-type"].startswith("text/plain")
+        lines = rttm.text.splitlines()
+        assert len(lines) == len(body["segments"])
+        for line, segment in zip(lines, body["segments"]):
+            fields = line.split()
+            assert fields[:3] == ["SPEAKER", "talk", "1"] and fields[7] == segment["speaker"]
+            assert float(fields[3]) == pytest.approx(segment["start"], abs=1e-3)
+            assert float(fields[4]) == pytest.approx(segment["end"] - segment["start"], abs=2e-3)
+    finally:
+        client.delete("/v1/speakers/p239", headers=auth(keys["enrol"]))
+
+
+def test_diarize_without_speech_is_empty_with_the_reason_and_keeps_the_gates(client, keys, service, tmp_path):
+    silence = write_audio_file(tmp_path / "silence.wav", "silence", 16000, seconds=3.0)
+    response = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(silence)])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["segments"] == [] and body["speakers"] == [] and body["num_speakers"] == 0
+    assert body["reason"].startswith("no speech")
+    assert client.post("/v1/diarize?format=rttm", headers=auth(keys["identify"]), files=[upload(silence)]).text == ""
+    assert_error(client.post("/v1/diarize", files=[upload(silence)]), 401, "missing_key")
+    assert_error(client.post("/v1/diarize", headers=auth(keys["embed"]), files=[upload(silence)]), 403, "forbidden")
+    for counts in ({"num_speakers": "0"}, {"num_speakers": "2", "max_speakers": "3"},
+                   {"min_speakers": "3", "max_speakers": "2"}, {"num_speakers": "two"}):
+        assert_error(client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(silence)], data=counts),
+                     400, "bad_request")
+    assert_error(client.post("/v1/diarize?format=xml", headers=auth(keys["identify"]), files=[upload(silence)]),
+                 400, "bad_request")
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"\x00\x01not audio at all" * 64)
+    assert_error(client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(garbage)]),
+                 400, "undecodable_audio")
+    with limits(service, max_audio_seconds=2.0):
+        assert_error(client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(silence)]),
+                     413, "audio_too_long")
 
 
 # --- errors: one shape, the expected codes -------------------------------------------------------

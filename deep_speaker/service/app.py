@@ -31,14 +31,15 @@ from typing import Any, Optional
 from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deep_speaker.service.keys import allows, parse_key
-from deep_speaker.service.pool import JobError, PoolFull, WorkerLost, embed_job, verify_job
+from deep_speaker.service.pool import (NEEDS_MEANS, JobError, PoolFull, WorkerLost, diarize_job, embed_job,
+                                       verify_job)
 from deep_speaker.service.server import Service
 from deep_speaker.service.store import (DatabaseError, ModelMismatch, SpeakerExists, SpeakerNotFound, StoreError,
                                         check_name, check_speaker_id)
@@ -358,6 +359,48 @@ def create_app(service: Service | None) -> FastAPI:
             embeddings = await service.pool.run(embed_job, uploads, service.settings.max_audio_seconds)
         threshold = threshold if threshold is not None else service.model.get("threshold")
         return await run_in_threadpool(service.identify, embeddings[0], top_k, threshold)
+
+    @v1.post("/diarize", openapi_extra=model_work("identify"),
+             summary="Who spoke when: speaker turns in seconds, enrolled speakers named (JSON, or RTTM with "
+                     "?format=rttm)",
+             responses={200: {"content": {"text/plain": {"example": "SPEAKER meeting 1 0.650 3.180 <NA> <NA> alice "
+                                                                    "<NA> <NA>"}}}})
+    async def diarize(request: Request, file: UploadFile = File(..., description="one recording"),
+                      num_speakers: Optional[int] = Form(None, ge=1, description="exactly this many speakers "
+                                                                                 "(default: estimated)"),
+                      min_speakers: Optional[int] = Form(None, ge=1, description="at least this many (estimated)"),
+                      max_speakers: Optional[int] = Form(None, ge=1, description="at most this many (estimated)"),
+                      names: bool = Form(True, description="clusters that match an enrolled speaker above the "
+                                                           "identification threshold take its id; the rest stay "
+                                                           "speaker_1, speaker_2, ..."),
+                      format: str = Query("json", pattern="^(json|rttm)$",
+                                          description="json, or rttm: the standard RTTM text")):
+        from deep_speaker.diarization import check_counts, rttm_lines
+        from deep_speaker.errors import InputError
+
+        service = _service(request)
+        counts = {"num_speakers": num_speakers, "min_speakers": min_speakers, "max_speakers": max_speakers}
+        try:
+            check_counts(**counts)
+        except InputError as error:
+            raise ApiError(400, "bad_request", str(error)) from None
+        snapshot = None
+        if names and service.model.get("threshold") is not None:
+            snapshot = await run_in_threadpool(service.means)  # identify's copy (ModelMismatch: 409)
+        generation = snapshot.generation if snapshot is not None and snapshot.ids else None
+        async with saved_uploads([("file", file)]) as (uploads, _):
+            limit = service.settings.max_audio_seconds
+            result = await service.pool.run(diarize_job, uploads[0], limit, counts, generation)
+            if result == NEEDS_MEANS:  # this worker lacks the enrolled means of this generation: send them once
+                result = await service.pool.run(diarize_job, uploads[0], limit, counts, generation,
+                                                (snapshot.ids, snapshot.matrix))
+        segments = result["segments"]
+        if format == "rttm":
+            uri = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(file.filename or "").stem)[:80] or "upload"
+            lines = rttm_lines(uri, [(s["start"], s["end"], s["speaker"]) for s in segments])
+            return PlainTextResponse("".join(line + "\n" for line in lines))
+        return {"segments": segments, "speakers": result["speakers"], "num_speakers": result["num_speakers"],
+                "duration": result["duration_s"], "speech": result["speech_s"], "reason": result["reason"] or None}
 
     app.include_router(v1)
 

@@ -3,10 +3,10 @@
 Each worker is a process of its own (spawned, not forked) that loads the model
 once, in ONNX Runtime for a model with its export (`SpeakerEncoder(runtime="auto")`),
 and then embeds one request at a time: decode, duration check, speech check,
-features, model, and for `verify` the score. The event loop only hands paths to
-the pool and awaits the answer, so it never blocks on model work, and a decoder
-that crashes takes a worker down, not the server (the pool is started again and
-that request gets 503).
+features, model, and for `verify` the score (for `diarize`: who spoke when). The
+event loop only hands paths to the pool and awaits the answer, so it never blocks
+on model work, and a decoder that crashes takes a worker down, not the server (the
+pool is started again and that request gets 503).
 
 Admission is bounded: at most `workers + queue_size` requests hold a ticket at once
 (those running and those waiting). A request that finds none left is refused at
@@ -107,13 +107,11 @@ def describe_job() -> dict[str, Any]:
             "line": encoder.resolved.line(encoder.runtime)}
 
 
-def _embed_upload(encoder, path: str, label: str, max_seconds: float) -> np.ndarray:
-    """One upload's embedding: 413 over the duration limit, 400 when it cannot be
-    decoded (the reason the commands give), 422 when it holds no usable speech."""
+def _read_upload(path: str, label: str, max_seconds: float) -> tuple[np.ndarray, int]:
+    """One upload's samples and rate: 413 over the duration limit, 400 when it cannot be
+    decoded (with the reason the commands give)."""
     from deep_speaker.audio import AudioError, read_audio
-    from deep_speaker.encoder import NoSpeechError
     from deep_speaker.long_audio import recording_seconds
-    from deep_speaker.scoring import ScoringError
 
     def too_long(seconds: float) -> JobError:
         return JobError(413, "audio_too_long", f"{label}: {seconds:.1f} s of audio; at most {max_seconds:g} s per "
@@ -129,6 +127,17 @@ def _embed_upload(encoder, path: str, label: str, max_seconds: float) -> np.ndar
         raise JobError(400, "undecodable_audio", f"{label}: {reason.replace(path, 'the upload')}") from None
     if len(samples) > max_seconds * rate:  # formats whose header gives no length (decoded by librosa)
         raise too_long(len(samples) / rate)
+    return samples, rate
+
+
+def _embed_upload(encoder, path: str, label: str, max_seconds: float) -> np.ndarray:
+    """One upload's embedding: 413 over the duration limit, 400 when it cannot be
+    decoded (the reason the commands give), 422 when it holds no usable speech."""
+    from deep_speaker.audio import AudioError
+    from deep_speaker.encoder import NoSpeechError
+    from deep_speaker.scoring import ScoringError
+
+    samples, rate = _read_upload(path, label, max_seconds)
     try:
         return encoder.embed_waveform(samples, rate)
     except NoSpeechError as error:
@@ -160,6 +169,44 @@ def verify_job(first: tuple[str, str], second: tuple[str, str] | np.ndarray, max
     return {"score": float(decision.score if decision.score is not None else decision.similarity),
             "score_kind": decision.score_kind, "threshold": decision.threshold,
             "same_speaker": bool(decision.same_speaker), "similarity": float(decision.similarity)}
+
+
+# The enrolled speakers a worker names diarized speakers with, built once per database generation:
+# (generation, Enrolment). The server sends the means only when a worker lacks that generation.
+_NAMING: tuple[int, Any] | None = None
+NEEDS_MEANS = "needs-means"  # diarize_job's answer when it lacks the generation asked for: send the means
+
+
+def diarize_job(upload: tuple[str, str], max_seconds: float, counts: dict[str, int | None],
+                generation: int | None, means: tuple[list[str], np.ndarray] | None = None) -> dict[str, Any] | str:
+    """Who spoke when in one upload (`SpeakerEncoder.diarize`), as a dict (`Diarization.to_dict`).
+    generation: name the clusters that match an enrolled speaker of the database at that
+    generation (None: number them all); the worker keeps the enrolment it built for the last
+    generation, and answers NEEDS_MEANS when it has another one and `means` (ids, unit means)
+    is not sent. No speech is not an error: empty segments, and the reason."""
+    global _NAMING
+    from deep_speaker.audio import AudioError
+    from deep_speaker.errors import InputError
+    from deep_speaker.identification import Enrolment, enrolment_settings
+
+    encoder = _encoder()
+    enrolment = None
+    if generation is not None:
+        if means is not None:
+            ids, matrix = means
+            _NAMING = (generation, Enrolment(list(ids), np.asarray(matrix, np.float32), [0] * len(ids),
+                                             dict(encoder.model_identity), enrolment_settings(encoder.config)))
+        if _NAMING is None or _NAMING[0] != generation:
+            return NEEDS_MEANS
+        enrolment = _NAMING[1]
+    samples, rate = _read_upload(*upload, max_seconds)
+    try:
+        diarization = encoder.diarize(samples, sample_rate=rate, enrolment=enrolment, **counts)
+    except AudioError as error:  # decoded, but not usable (a sample rate out of range)
+        raise JobError(400, "undecodable_audio", f"{upload[1]}: {_without_prefix(str(error))}") from None
+    except InputError as error:  # speaker counts that cannot be met
+        raise JobError(400, "bad_request", str(error)) from None
+    return diarization.to_dict()
 
 
 def sleep_job(seconds: float) -> float:

@@ -84,6 +84,26 @@ def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bo
     return scorer.total(), elapsed / max(seconds, 1e-9)
 
 
+def webrtc_speech_frames(mode: int):
+    """A stand-in for deep_speaker.diarization.speech_frames: webrtcvad's decision per 10 ms frame (how the
+    candidate VAD was measured; `pip install webrtcvad-wheels`, not a dependency of deep-speaker)."""
+    import numpy as np
+
+    try:
+        import webrtcvad
+    except ImportError:
+        raise SystemExit("--webrtc needs webrtcvad: pip install webrtcvad-wheels") from None
+    vad = webrtcvad.Vad(mode)
+
+    def frames(audio, rate):
+        hop = int(rate * 0.01)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+        count = len(pcm) // hop
+        data = pcm[:count * hop].tobytes()
+        return np.array([vad.is_speech(data[2 * hop * i:2 * hop * (i + 1)], rate) for i in range(count)], bool)
+    return frames
+
+
 def table(rows: list[tuple[str, dict, float]]) -> str:
     lines = ["| set | files | DER | missed | false alarm | confusion | DER w/o overlap | JER | count right | RTF |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -144,6 +164,7 @@ def main() -> None:
                    help="a DiarizationSettings field for this run (repeatable), e.g. --set vad=webrtc")
     p.add_argument("--vad_only", action="store_true", help="score speech/non-speech only (one label)")
     p.add_argument("--overlap", type=float, default=0.0, help="share of turns that overlap the previous one")
+    p.add_argument("--webrtc", type=int, choices=(0, 1, 2, 3), help="measure webrtcvad (this mode) as the VAD")
     p.add_argument("--speed", nargs="*", type=float, metavar="MINUTES")
     args = p.parse_args()
 
@@ -164,6 +185,10 @@ def main() -> None:
         build(data, work, "test", "librispeech", args.count, 0.0)
         speed(args.speed or [10, 60], work)
         return
+    if args.webrtc is not None:
+        import deep_speaker.diarization
+
+        deep_speaker.diarization.speech_frames = webrtc_speech_frames(args.webrtc)
     encoder = SpeakerEncoder()
     print(f"settings: {json.dumps(dataclasses.asdict(base))}", flush=True)
     if args.calibrate:

@@ -68,11 +68,14 @@ class DiarizationSettings:
     hop_s: float = 0.5  # speech between window starts
     split_gap_s: float = 0.5  # no window spans a pause longer than this
     min_window_s: float = 0.5  # a stretch of speech shorter than a window gets one window if at least this long
-    clustering: str = "ahc"  # "ahc" (agglomerative, cut at `threshold`) or "spectral" (eigengap count)
+    # "auto": agglomerative (cut at `threshold`) when the count is estimated, spectral when it is given (each
+    # measured best there); "ahc" or "spectral" (eigengap count) always
+    clustering: str = "auto"
     threshold: float = 0.4  # ahc: cosine similarity at which agglomerative clustering stops merging
     prune: float = 0.2  # spectral: each window keeps its affinities to this share of the others, its nearest
+    merge_threshold: float = 1.0  # clusters whose mean embeddings reach this cosine similarity are merged
     refine_iterations: int = 2
-    min_cluster_s: float = 3.0  # a cluster with less speech is merged into its nearest (unless num_speakers)
+    min_cluster_s: float = 2.0  # a cluster with less speech is merged into its nearest (unless num_speakers)
     smooth_s: float = 0.5  # moving average of each frame's speaker scores
     min_turn_s: float = 0.3  # a shorter turn that touches another speaker's joins it
     max_speakers: int = 20  # the most speakers found when no count is given
@@ -322,7 +325,7 @@ def cluster(embeddings: np.ndarray, weights: np.ndarray, settings: DiarizationSe
     if n == 1:
         return np.zeros(1, np.int64)
     subset = np.arange(n) if n <= MAX_CLUSTER_WINDOWS else np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(int)
-    if settings.clustering == "spectral":
+    if settings.clustering == "spectral" or (settings.clustering == "auto" and num_speakers is not None):
         labels = spectral_labels(embeddings[subset], settings.prune, num_speakers, min_speakers, max_speakers) + 1
     else:
         labels = _ahc_labels(embeddings[subset], settings, num_speakers, min_speakers, max_speakers)
@@ -386,14 +389,31 @@ def _refined(embeddings: np.ndarray, weights: np.ndarray, assigned: np.ndarray, 
     for _ in range(settings.refine_iterations):
         centroids = _centroids(embeddings, assigned, weights)
         assigned = np.argmax(embeddings @ centroids.T, axis=1)
+    if num_speakers is None and settings.merge_threshold < 1.0:
+        # Clusters whose mean embeddings (far less noisy than one window's) are this similar are one speaker.
+        while True:
+            present = np.unique(assigned)
+            if len(present) <= max(min_speakers, 1):
+                break
+            centroids = _centroids(embeddings, assigned, weights)[present]
+            similarity = centroids @ centroids.T
+            np.fill_diagonal(similarity, -np.inf)
+            a, b = divmod(int(np.argmax(similarity)), len(present))
+            if similarity[a, b] < settings.merge_threshold:
+                break
+            assigned[assigned == present[b]] = present[a]
+        for _ in range(settings.refine_iterations):
+            centroids = _centroids(embeddings, assigned, weights)
+            assigned = np.unique(np.argmax(embeddings @ centroids.T, axis=1), return_inverse=True)[1]
     if num_speakers is None:  # too little speech for a speaker of its own: merged into its nearest
         floor = max(min_speakers, 1)
         while True:
             centroids = _centroids(embeddings, assigned, weights)
             present = np.unique(assigned)
-            mass = np.bincount(assigned, weights, minlength=len(centroids))[present]
+            # Speech of a cluster: its windows times the hop (each second of speech starts one window per hop).
+            mass = np.bincount(assigned, minlength=len(centroids))[present] * settings.hop_s
             smallest = present[np.argmin(mass)]
-            if len(present) <= floor or mass.min() * FRAME_S >= settings.min_cluster_s:
+            if len(present) <= floor or mass.min() >= settings.min_cluster_s:
                 break
             others = present[present != smallest]
             members = assigned == smallest
@@ -536,9 +556,9 @@ def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment) ->
         c, e = divmod(int(flat), scores.shape[1])
         if scores[c, e] < threshold:
             break
-        if c in taken_c or e in taken_e:
+        if order[c] in taken_c or e in taken_e:
             continue
-        taken_c.add(c)
+        taken_c.add(order[c])
         taken_e.add(e)
         names[order[c]] = enrolment.speakers[e]
     numbered = [c for c in order if c not in taken_c]

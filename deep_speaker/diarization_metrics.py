@@ -93,3 +93,67 @@ class DiarizationScorer:
                 "der_no_overlap": float(abs(self.der_no_overlap)), "jer": float(abs(self.jer)),
                 "count_accuracy": (sum(f.reference_speakers == f.hypothesis_speakers for f in self.files)
                                    / len(self.files)) if self.files else 0.0}
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
+
+
+def evaluate_folder(encoder, folder, output_dir, *, given_count: bool = False, plots: bool = True) -> dict:
+    """Diarize every audio file of `folder` that has an RTTM beside it (`<name>.rttm`), score it against that
+    reference, and write `output_dir/diarization.tsv` (one row per file), `diarization.json` (the totals
+    with and without the speaker count given) and, with `plots`, `<name>.png` timelines (reference lanes in
+    grey above the speakers found). A file that cannot be diarized is listed under "skipped"."""
+    import json
+    from pathlib import Path
+
+    from deep_speaker.audio import AudioError
+    from deep_speaker.diarization import read_rttm
+    from deep_speaker.errors import InputError
+    from deep_speaker.io_utils import atomic_write_text
+    from deep_speaker.scoring import ScoringError
+
+    folder, output_dir = Path(folder), Path(output_dir)
+    pairs = [(audio, audio.with_suffix(".rttm")) for audio in sorted(folder.iterdir())
+             if audio.suffix.lower() in AUDIO_SUFFIXES and audio.with_suffix(".rttm").is_file()]
+    if not pairs:
+        raise InputError(f"{folder}: no audio file with an .rttm of the same name beside it")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scorers = {"estimated": DiarizationScorer(), "given": DiarizationScorer()} if given_count else \
+        {"estimated": DiarizationScorer()}
+    rows, skipped = [], []
+    for audio, rttm in pairs:
+        references = read_rttm(rttm)
+        reference = references.get(audio.stem) or (next(iter(references.values())) if len(references) == 1 else [])
+        speakers = len({label for _, _, label in reference})
+        try:
+            results = {kind: encoder.diarize(audio, num_speakers=speakers if kind == "given" and speakers else None)
+                       for kind in scorers}
+        except (AudioError, ScoringError) as error:
+            skipped.append({"file": str(audio), "reason": str(error)})
+            continue
+        for kind, result in results.items():
+            row = scorers[kind].add(audio.stem, reference, result.segments).row()
+            rows.append({"count": kind, **row})
+        if plots:
+            from deep_speaker.plots import plot_diarization
+
+            plot_diarization(results["estimated"], output_dir / f"{audio.stem}.png", reference=reference)
+    if not rows:
+        raise InputError(f"{folder}: none of the {len(pairs)} file(s) could be diarized "
+                         f"(first: {skipped[0]['file']}: {skipped[0]['reason']})")
+    columns = list(rows[0])
+    atomic_write_text(output_dir / "diarization.tsv",
+                      "".join("\t".join(str(row[c]) for c in columns) + "\n" for row in [dict(zip(columns, columns))] + rows))
+    report = {"collar_s": COLLAR_S, "folder": str(folder), "skipped": skipped,
+              **{kind: scorer.total() for kind, scorer in scorers.items()}}
+    atomic_write_text(output_dir / "diarization.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def summary_line(kind: str, total: dict) -> str:
+    """One line of evaluate.py --diarization's output."""
+    return (f"speakers {kind}: DER {100 * total['der']:.1f} % (missed {100 * total['missed']:.1f} %, false alarm "
+            f"{100 * total['false_alarm']:.1f} %, confusion {100 * total['confusion']:.1f} %), without overlap "
+            f"{100 * total['der_no_overlap']:.1f} %, JER {100 * total['jer']:.1f} %, speaker count right in "
+            f"{100 * total['count_accuracy']:.0f} % of {total['files']} files ({total['speech_s']:.0f} s of speech; "
+            f"collar {COLLAR_S:g} s)")

@@ -10,6 +10,11 @@ def build_parser():
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio_dir", help="folder-per-speaker tree: every pair of files is a trial")
     source.add_argument("--trials", help="file of 'label path1 path2' lines (label 1/0 or target/nontarget)")
+    source.add_argument("--diarization", metavar="DIR",
+                        help="diarization instead: audio files with <name>.rttm references beside them; prints DER "
+                             "(missed, false alarm, confusion; with and without overlap), JER and speaker-count "
+                             "accuracy, with the count estimated and given; writes diarization.tsv/.json and "
+                             "timeline PNGs")
     p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
     p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
     p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
@@ -35,6 +40,8 @@ def _main(argv) -> int:
     setup_logging(args.verbose)
     from deep_speaker.extras import require_extra
 
+    if args.diarization:
+        return _diarization(args)
     require_extra("eval", "evaluate.py (its ROC, DET and embedding plots)")  # before any file is embedded
     from deep_speaker.checkpoints import resolve_model
     from deep_speaker.evaluation import evaluate_trials, trials_from_folder, trials_from_list
@@ -63,4 +70,25 @@ def _main(argv) -> int:
         rest = ("; the EER's speaker interval and the speaker plots are left out too"
                 if report.get("identification_speakers") is None else "")
         print(f"identification not available: {report['identification_not_available']}{rest}")
+    return 0
+
+
+def _diarization(args) -> int:
+    from deep_speaker.extras import require_extra
+
+    require_extra("eval", "evaluate.py --diarization (pyannote.metrics, its timeline plots)",
+                  ["pyannote.metrics", "matplotlib"])
+    from deep_speaker.checkpoints import resolve_model
+    from deep_speaker.diarization_metrics import evaluate_folder, summary_line
+    from deep_speaker.encoder import SpeakerEncoder
+
+    resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
+    encoder = SpeakerEncoder(resolved.path, runtime=args.runtime)
+    print(resolved.line(encoder.runtime), flush=True)
+    report = evaluate_folder(encoder, args.diarization, args.output_dir, given_count=True)
+    for item in report["skipped"]:
+        print(f"skipped {item['file']}: {item['reason']}")
+    for kind in ("estimated", "given"):
+        print(summary_line(kind, report[kind]))
+    print(f"per-file table in {args.output_dir}/diarization.tsv, timelines in {args.output_dir}/<name>.png")
     return 0

@@ -1,6 +1,7 @@
 """A real deep-speaker-serve process for the tests that need one over a socket (the page in
 a browser, the kill test): started from scripts/serve.py on a free loopback port, in a
-session (process group) of its own so that the test can signal it and its workers."""
+session (process group) of its own so that the test can signal it and its workers. And
+`talk`, a conversation of real utterances for the service's diarization tests."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
-from conftest import REPO_ROOT, free_ports
+from conftest import REPO_ROOT, free_ports, write_audio_file
 
 SERVE = REPO_ROOT / "scripts" / "serve.py"
 
@@ -67,3 +69,23 @@ class Server:
         except ProcessLookupError:
             pass
         self.process.wait()
+
+
+def talk(vctk_corpus: Path, utterances: list[str], path: Path, pause_s: float = 0.8,
+         ) -> tuple[Path, list[tuple[float, float, str]]]:
+    """Real VCTK utterances ("p239_004", ...) one after the other at 16 kHz, `pause_s` of
+    silence after each, written to `path`; returns it and the true turns (start_s, end_s,
+    speaker) of the utterances."""
+    import librosa
+    import soundfile
+
+    pause = np.zeros(int(pause_s * 16000), np.float32)
+    parts, turns, at = [], [], 0.0
+    for name in utterances:
+        speaker = name.split("_")[0]
+        audio, rate = soundfile.read(str(vctk_corpus / "wav48" / speaker / f"{name}.wav"), dtype="float32")
+        audio = librosa.resample(audio, orig_sr=rate, target_sr=16000)
+        turns.append((at, at + len(audio) / 16000, speaker))
+        parts += [audio, pause]
+        at += (len(audio) + len(pause)) / 16000
+    return write_audio_file(path, np.concatenate(parts), 16000), turns

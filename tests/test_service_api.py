@@ -24,6 +24,7 @@ from deep_speaker.service.pool import WorkerLost
 from deep_speaker.service.server import RateLimiter, Service
 from deep_speaker.service.settings import ServiceSettings
 from deep_speaker.service.store import ModelStamp, speakers, utterances
+from serving import talk
 
 SPEAKER_COUNT = 12  # the issue's check: 12 speakers, 3 utterances enrolled and 2 identified each
 
@@ -204,30 +205,14 @@ def test_embed_returns_the_encoders_embedding(client, keys, voices):
 
 # --- diarization: who spoke when, enrolled speakers by name ---------------------------------------
 
-def two_speaker_talk(vctk_corpus: Path, folder: Path) -> tuple[Path, list[tuple[float, float, str]]]:
-    """p239, p226, p239, p226: four real VCTK utterances at 16 kHz with 0.8 s pauses between
-    them; returns the file and the true turns (start, end, speaker) of each utterance."""
-    import librosa
-    import soundfile
-
-    pause = np.zeros(int(0.8 * 16000), np.float32)
-    parts, turns, at = [], [], 0.0
-    for name in ("p239_004", "p226_002", "p239_005", "p226_001"):
-        audio, rate = soundfile.read(str(vctk_corpus / "wav48" / name[:4] / f"{name}.wav"), dtype="float32")
-        audio = librosa.resample(audio, orig_sr=rate, target_sr=16000)
-        turns.append((at, at + len(audio) / 16000, name[:4]))
-        parts += [audio, pause]
-        at += (len(audio) + len(pause)) / 16000
-    return write_audio_file(folder / "talk.wav", np.concatenate(parts), 16000), turns
-
-
 def test_diarize_names_the_enrolled_speaker_and_numbers_the_other(client, keys, vctk_corpus, tmp_path):
-    talk, turns = two_speaker_talk(vctk_corpus, tmp_path)
+    # p239, p226, p239, p226, with 0.8 s pauses: real utterances, p239's not among those enrolled
+    recording, turns = talk(vctk_corpus, ["p239_004", "p226_002", "p239_005", "p226_001"], tmp_path / "talk.wav")
     enrol = [vctk_corpus / "wav48" / "p239" / f"p239_00{i}.wav" for i in (1, 2, 3)]  # not in the talk
     assert client.post("/v1/speakers/p239/enrol", headers=auth(keys["enrol"]),
                        files=[upload(f, "files") for f in enrol]).status_code == 201
     try:
-        body = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)]).json()
+        body = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(recording)]).json()
         assert set(body) == {"segments", "speakers", "num_speakers", "duration", "speech", "reason"}, body
         assert body["reason"] is None and body["num_speakers"] == 2
         assert sorted(body["speakers"]) == ["p239", "speaker_1"]
@@ -242,12 +227,12 @@ def test_diarize_names_the_enrolled_speaker_and_numbers_the_other(client, keys, 
         named, other = said(body["segments"], "p239"), said(body["segments"], "speaker_1")
         assert named["p239"] > 4 * named["p226"] and other["p226"] > 4 * other["p239"], (named, other)
 
-        again = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)]).json()
+        again = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(recording)]).json()
         assert again == body  # the worker's enrolment of this generation, kept
-        plain = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(talk)],
+        plain = client.post("/v1/diarize", headers=auth(keys["identify"]), files=[upload(recording)],
                             data={"names": "false", "num_speakers": "2"}).json()
         assert plain["speakers"] == ["speaker_1", "speaker_2"]
-        rttm = client.post("/v1/diarize?format=rttm", headers=auth(keys["identify"]), files=[upload(talk)])
+        rttm = client.post("/v1/diarize?format=rttm", headers=auth(keys["identify"]), files=[upload(recording)])
         assert rttm.status_code == 200 and rttm.headers["content-type"].startswith("text/plain")
         lines = rttm.text.splitlines()
         assert len(lines) == len(body["segments"])

@@ -1,8 +1,9 @@
 """The page at "/" of the speaker service (deep_speaker/service/static/), in a real headless
 Chromium (Debian's chromium and chromium-driver, driven by Selenium) against a real server
 process: real recordings are uploaded from the page and enrolled, a second recording of a
-speaker is identified, and a microphone recording (Chromium's fake capture device playing a
-real recording) is identified too; the answers are read from the page.
+speaker is identified, a microphone recording (Chromium's fake capture device playing a
+real recording) is identified too, and a conversation of two real speakers is diarized (its
+timeline drawn with a lane per speaker); the answers are read from the page.
 
 DEEP_SPEAKER_PAGE_SCREENSHOT=docs/service-page.png writes the screenshot the docs show."""
 from __future__ import annotations
@@ -18,7 +19,7 @@ from conftest import need_real_speech, running_in_ci
 from deep_speaker.service.app import PAGE_FILES, create_app
 from deep_speaker.service.keys import create_key
 from deep_speaker.service.store import Store
-from serving import Server
+from serving import Server, talk
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -142,7 +143,6 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             assert 3.0 <= seconds <= 10.0  # about the 3.5 s between the clicks (more on a busy machine)
             answer_of("identify")
             assert find("answer").text == "p227"
-            screenshot = driver.get_screenshot_as_png()
 
             # Erasing a speaker, after the page's confirmation.
             find("speakers").find_elements(By.TAG_NAME, "button")[1].click()
@@ -151,6 +151,16 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             confirmation.accept()
             wait.until(lambda _: listed() == ["p225", "p227"])
             assert find("result").text == "deleted p226 (3 embedding(s) erased)"
+
+            # Who spoke when: a talk of p225 (enrolled) and p239 (not), its timeline one lane per speaker.
+            choose(talk(vctk_corpus, ["p225_004", "p239_004", "p225_002", "p239_005"], tmp_path / "talk.wav")[0])
+            find("speaker").clear()  # diarize needs no name
+            answer_of("diarize")
+            assert find("answer").text == "2 speaker(s)"
+            lanes = driver.execute_script("return Array.from(document.querySelectorAll('#timeline .lane'), "
+                                          "lane => [lane.dataset.speaker, lane.querySelectorAll('rect').length])")
+            assert len(lanes) == 2 and "p225" in dict(lanes) and all(bars >= 1 for _, bars in lanes), lanes
+            screenshot = driver.get_screenshot_as_png()
 
             expected = "/v1/verify - Failed to load resource: the server responded with a status of 404"  # "nobody"
             problems = [entry for entry in driver.get_log("browser")

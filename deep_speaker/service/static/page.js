@@ -8,7 +8,7 @@
 const $ = (id) => document.getElementById(id);
 const WAV_RATE = 16000;
 const MAX_RECORDING_S = 60;
-let chosen = [];          // [{blob, name}]: what enrol sends (all), verify and identify (the first)
+let chosen = [];          // [{blob, name}]: what enrol sends (all), verify, identify and diarize (the first)
 let recorder = null;      // the MediaRecorder while recording
 
 class PageError extends Error {}
@@ -50,7 +50,7 @@ async function call(method, path, form) {
 }
 
 function busy(on) {
-  for (const id of ["enrol", "verify", "identify", "check", "list"]) $(id).disabled = on;
+  for (const id of ["enrol", "verify", "identify", "diarize", "check", "list"]) $(id).disabled = on;
 }
 
 async function run(label, work) {
@@ -91,7 +91,7 @@ $("file").addEventListener("change", () => {
   const files = Array.from($("file").files);
   const names = files.map((f) => f.name).join(", ");
   setChosen(files.map((f) => ({ blob: f, name: f.name })),
-            files.length > 1 ? `${files.length} files: ${names} (enrol sends all; verify and identify the first)`
+            files.length > 1 ? `${files.length} files: ${names} (enrol sends all; the others the first)`
                              : files.length ? `file: ${names}` : "nothing chosen yet");
 });
 
@@ -242,6 +242,88 @@ $("identify").addEventListener("click", () => run("identifying", async () => {
                                : "nobody is enrolled yet";
   }
   show("done", element("div", "Who is this?", "muted"), answer, element("div", note, "muted"), table);
+}));
+
+// --- who spoke when: the timeline ------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+const LANE_COLOURS = ["#4a7fcb", "#d9822b", "#2e9d6a", "#b04a8f", "#7a6cc4", "#c0392b", "#2b9fb3", "#8c7a3a"];
+
+function svg(tag, attributes, text) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function tickStep(seconds) {  // about 5-10 ticks over the recording
+  for (const step of [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600]) {
+    if (seconds / step <= 10) return step;
+  }
+  return 7200;
+}
+
+function clock(seconds, step) {
+  if (seconds < 60 || step < 60) return step < 1 ? seconds.toFixed(1) : String(Math.round(seconds));
+  const minutes = Math.floor(seconds / 60);
+  return `${minutes}:${String(Math.round(seconds - 60 * minutes)).padStart(2, "0")}`;
+}
+
+// One lane per speaker (in order of first appearance), a bar per turn, and the time axis in seconds.
+function timeline(body) {
+  const labelWidth = 120, width = 680, plot = width - labelWidth - 10, lane = 28, top = 6;
+  const duration = Math.max(body.duration, 0.001);
+  const height = top + lane * body.speakers.length + 30;
+  const x = (seconds) => labelWidth + (plot * seconds) / duration;
+  const root = svg("svg", { id: "timeline", viewBox: `0 0 ${width} ${height}`, role: "img",
+                            "aria-label": `who spoke when: ${body.speakers.length} speaker(s)` });
+  const step = tickStep(duration);
+  const axis = svg("g", { class: "axis" });
+  const bottom = top + lane * body.speakers.length;
+  for (let t = 0; t <= duration + 1e-6; t += step) {
+    axis.append(svg("line", { x1: x(t), x2: x(t), y1: top, y2: bottom + 4, class: "grid" }),
+                svg("text", { x: x(t), y: bottom + 17, "text-anchor": "middle" }, clock(t, step)));
+  }
+  axis.append(svg("text", { x: labelWidth + plot, y: bottom + 29, "text-anchor": "end" }, "time (s)"));
+  root.append(axis);
+  body.speakers.forEach((speaker, index) => {
+    const group = svg("g", { class: "lane", "data-speaker": speaker });
+    const y = top + index * lane;
+    const colour = LANE_COLOURS[index % LANE_COLOURS.length];
+    const shown = speaker.length > 16 ? `${speaker.slice(0, 15)}\u2026` : speaker;
+    group.append(svg("text", { x: labelWidth - 8, y: y + lane / 2 + 4, "text-anchor": "end" }, shown));
+    for (const segment of body.segments.filter((s) => s.speaker === speaker)) {
+      const bar = svg("rect", { x: x(segment.start), y: y + 4, height: lane - 8, rx: 3, fill: colour,
+                                width: Math.max(1, x(segment.end) - x(segment.start)) });
+      bar.append(svg("title", {}, `${speaker}: ${segment.start.toFixed(2)}-${segment.end.toFixed(2)} s`));
+      group.append(bar);
+    }
+    root.append(group);
+  });
+  return root;
+}
+
+$("diarize").addEventListener("click", () => run("diarizing", async () => {
+  const items = recording().slice(0, 1);
+  const count = $("num-speakers").value.trim();
+  if (count && !/^[1-9][0-9]*$/.test(count)) {
+    throw new PageError("The number of speakers is a whole number from 1 (or empty: estimated).");
+  }
+  const body = await call("POST", "/v1/diarize", form(count ? { num_speakers: count } : {}, items, "file"));
+  const title = element("div", `Who spoke when? ${items[0].name}, ${body.duration.toFixed(1)} s`, "muted");
+  if (!body.segments.length) {
+    const answer = element("div", "nobody: no speech", "no");
+    answer.id = "answer";
+    show("done", title, answer, element("div", body.reason || "", "muted"));
+    return;
+  }
+  const answer = element("div", `${body.num_speakers} speaker(s)`, "yes");
+  answer.id = "answer";
+  const enrolled = body.speakers.filter((s) => !/^speaker_[0-9]+$/.test(s));
+  const note = `${body.segments.length} turn(s), ${body.speech.toFixed(1)} s of speech; ` +
+               (enrolled.length ? `enrolled: ${enrolled.join(", ")}` : "nobody enrolled among them") +
+               (count ? `; ${count} speaker(s) asked for` : "; the number of speakers estimated");
+  show("done", title, answer, element("div", note, "muted"), timeline(body));
 }));
 
 $("check").addEventListener("click", () => run("checking the key", async () => {

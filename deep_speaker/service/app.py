@@ -1,6 +1,7 @@
 """The HTTP API (FastAPI): `create_app(service)`.
 
-Every response is JSON (but the page at "/" and its two files, from static/);
+Every response is JSON (but the page at "/" and its two files, from static/, and
+diarize's RTTM text with ?format=rttm);
 every error has one shape,
 ``{"error": {"code": "<word>", "message": "<one line>"}}`` (docs/service.md lists
 the codes). A request passes these gates in this order, each before the upload is

@@ -54,7 +54,8 @@ SPEECH_RANGE_DB = 45.0  # ... and within this of the chunk's loud frames (its 99
 # that fricatives count; 0.3 missed 9 % of the reference speech of the calibration conversations, 0.5 1.3 %.
 SPEECH_MAX_FLATNESS = 0.5
 BATCH_WINDOWS = 32  # windows per model call
-MAX_CLUSTER_WINDOWS = 4000  # more windows are clustered by an evenly spread subset, then all assigned (memory)
+LABEL_BLOCK_FRAMES = 1 << 15  # speech frames labelled at a time (step 4)
+MAX_CLUSTER_WINDOWS = 2000  # more windows are clustered by an evenly spread subset, then all assigned (memory)
 FRAME_S = 0.010
 
 
@@ -432,25 +433,37 @@ def _centroids(embeddings: np.ndarray, labels: np.ndarray, weights: np.ndarray) 
 # --- 4. frame-level boundaries ------------------------------------------------------------------
 
 def frame_labels(frames: _Frames, labels: np.ndarray, settings: DiarizationSettings) -> np.ndarray:
-    """Label (0..k-1) of every speech frame on the compressed axis (the module's step 4)."""
+    """Label (0..k-1) of every speech frame on the compressed axis, -1 where no window covers it (the module's
+    step 4). Computed in blocks of `LABEL_BLOCK_FRAMES`, with the context the smoothing needs, so its memory
+    does not grow with the recording."""
     k = int(labels.max()) + 1
     centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))
-    scores = frames.embeddings @ centroids.T  # (windows, k)
+    scores = (frames.embeddings @ centroids.T).astype(np.float32)  # (windows, k)
     total = len(frames.speech_index)
-    acc = np.zeros((total + 1, k))
-    np.add.at(acc, frames.starts, scores)
-    np.add.at(acc, np.minimum(frames.starts + frames.lengths, total), -scores)
-    count = np.zeros(total + 1)
-    np.add.at(count, frames.starts, 1)
-    np.add.at(count, np.minimum(frames.starts + frames.lengths, total), -1)
-    summed, covered = np.cumsum(acc, axis=0)[:total], np.cumsum(count)[:total]
-    mean = summed / np.maximum(covered, 1)[:, None]
+    starts, ends = frames.starts, np.minimum(frames.starts + frames.lengths, total)
     width = max(1, int(round(settings.smooth_s / FRAME_S)))
-    if width > 1 and total > 1:  # moving average over `width` frames
-        padded = np.pad(mean, ((width // 2, width - 1 - width // 2), (0, 0)), mode="edge")
-        cumulative = np.concatenate([np.zeros((1, k)), np.cumsum(padded, axis=0)])
-        mean = (cumulative[width:] - cumulative[:-width])[:total] / width
-    return np.where(covered > 0, np.argmax(mean, axis=1), -1)
+    half = width // 2
+    out = np.full(total, -1, np.int64)
+    for first in range(0, total, LABEL_BLOCK_FRAMES):
+        last = min(total, first + LABEL_BLOCK_FRAMES)
+        low, high = max(0, first - half - 1), min(total, last + width)  # the block and its smoothing context
+        inside = (starts < high) & (ends > low)
+        begin, finish = np.clip(starts[inside], low, high) - low, np.clip(ends[inside], low, high) - low
+        acc = np.zeros((high - low + 1, k), np.float64)
+        np.add.at(acc, begin, scores[inside])
+        np.add.at(acc, finish, -scores[inside])
+        count = np.zeros(high - low + 1)
+        np.add.at(count, begin, 1)
+        np.add.at(count, finish, -1)
+        covered = np.cumsum(count)[:high - low]
+        mean = np.cumsum(acc, axis=0)[:high - low] / np.maximum(covered, 1)[:, None]
+        if width > 1:  # moving average over `width` frames (edge values repeated at the recording's ends)
+            padded = np.pad(mean, ((half, width - 1 - half), (0, 0)), mode="edge")
+            cumulative = np.concatenate([np.zeros((1, k)), np.cumsum(padded, axis=0)])
+            mean = (cumulative[width:] - cumulative[:-width])[:high - low] / width
+        block = slice(first - low, last - low)
+        out[first:last] = np.where(covered[block] > 0, np.argmax(mean[block], axis=1), -1)
+    return out
 
 
 def _timeline_segments(frames: _Frames, compressed: np.ndarray, settings: DiarizationSettings

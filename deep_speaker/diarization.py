@@ -66,6 +66,8 @@ class DiarizationSettings:
     bridge_s: float = 0.3  # pauses up to this long inside speech are bridged
     min_speech_s: float = 0.2  # speech islands shorter than this are dropped
     window_s: float = 1.5  # speech per embedding window
+    cluster_stretches: bool = False  # cluster the mean embeddings of stretches of speech, not windows
+    center: bool = False  # subtract the recording's mean window embedding before clustering
     hop_s: float = 0.5  # speech between window starts
     split_gap_s: float = 0.5  # no window spans a pause longer than this
     min_window_s: float = 0.5  # a stretch of speech shorter than a window gets one window if at least this long
@@ -183,6 +185,7 @@ class _Frames:
     embeddings: np.ndarray  # (num_windows, dim)
     speech_index: np.ndarray  # (num_speech_frames,) timeline frame of each speech frame
     num_frames: int
+    stretches: np.ndarray  # (num_windows,) the stretch of speech (between pauses over split_gap_s) of each window
 
 
 class _WindowStream:
@@ -197,6 +200,8 @@ class _WindowStream:
         self.offset = 0  # compressed index of buffer[0]
         self.next_start = 0  # compressed index of the next window's start
         self.stretch_start = 0  # compressed index where the current stretch of speech began
+        self.stretch = 0  # number of the current stretch
+        self.stretches: list[int] = []  # stretch of each window
         self.last_start = -1  # compressed index of the last window queued
         self.last_frame = None  # timeline index of the last speech frame seen
         self.pending: list[np.ndarray] = []
@@ -238,11 +243,13 @@ class _WindowStream:
             self._queue(self.stretch_start, self.buffer[self.stretch_start - self.offset:])
         self.buffer = np.zeros((0, 0), np.float32)
         self.offset = self.next_start = self.stretch_start = end
+        self.stretch += 1
 
     def _queue(self, start: int, frames: np.ndarray) -> None:
         self.pending.append(normalize_utterance(frames))
         self.last_start = start
         self.starts.append(start)
+        self.stretches.append(self.stretch)
         self.lengths.append(len(frames))
         if len(self.pending) >= BATCH_WINDOWS:
             self._flush()
@@ -309,7 +316,7 @@ def _stream_frames(blocks: Iterable[np.ndarray], config, settings: DiarizationSe
     stream.finish()
     speech = np.concatenate(flags) if flags else np.zeros(0, bool)
     return _Frames(speech, np.asarray(stream.starts, np.int64), np.asarray(stream.lengths, np.int64),
-                   stream.embeddings(), speech_index, frame0)
+                   stream.embeddings(), speech_index, frame0, np.asarray(stream.stretches, np.int64))
 
 
 # --- 3. clustering ------------------------------------------------------------------------------
@@ -319,18 +326,28 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def cluster(embeddings: np.ndarray, weights: np.ndarray, settings: DiarizationSettings,
-            num_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None) -> np.ndarray:
-    """Cluster labels 0..k-1 of unit window embeddings (the module's step 3)."""
+            num_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
+            stretches: np.ndarray | None = None) -> np.ndarray:
+    """Cluster labels 0..k-1 of unit window embeddings (the module's step 3); with `stretches` (a group
+    number per window) and `settings.cluster_stretches`, the groups' mean embeddings are clustered."""
     n = len(embeddings)
     max_speakers = settings.max_speakers if max_speakers is None else max_speakers
     if n == 1:
         return np.zeros(1, np.int64)
-    subset = np.arange(n) if n <= MAX_CLUSTER_WINDOWS else np.linspace(0, n - 1, MAX_CLUSTER_WINDOWS).astype(int)
+    points, point_weights = embeddings, weights
+    if settings.cluster_stretches and stretches is not None:
+        _, group = np.unique(stretches, return_inverse=True)
+        points = _centroids(embeddings, group, weights).astype(np.float32)
+        point_weights = np.bincount(group, weights)
+        if len(points) < 2:
+            points, point_weights = embeddings, weights
+    m = len(points)
+    subset = np.arange(m) if m <= MAX_CLUSTER_WINDOWS else np.linspace(0, m - 1, MAX_CLUSTER_WINDOWS).astype(int)
     if settings.clustering == "spectral" or (settings.clustering == "auto" and num_speakers is not None):
-        labels = spectral_labels(embeddings[subset], settings.prune, num_speakers, min_speakers, max_speakers) + 1
+        labels = spectral_labels(points[subset], settings.prune, num_speakers, min_speakers, max_speakers) + 1
     else:
-        labels = _ahc_labels(embeddings[subset], settings, num_speakers, min_speakers, max_speakers)
-    centroids = _centroids(embeddings[subset], labels - 1, weights[subset])
+        labels = _ahc_labels(points[subset], settings, num_speakers, min_speakers, max_speakers)
+    centroids = _centroids(points[subset], labels - 1, point_weights[subset])
     assigned = np.argmax(embeddings @ centroids.T, axis=1)
     return _refined(embeddings, weights, assigned, settings, num_speakers, min_speakers)
 
@@ -520,10 +537,14 @@ def diarize_blocks(blocks: Iterable[np.ndarray], uri: str, encoder, *, num_speak
         reason = (f"no speech detected ({speech_s:.2f} s of speech-like frames, at least "
                   f"{settings.min_window_s:g} s are needed)")
         return Diarization(uri, [], duration, reason, speech_s, settings_dict)
+    raw = frames.embeddings
+    if settings.center and len(raw) > 1:  # what all windows of the recording share is not who speaks
+        frames.embeddings = _unit(raw - raw.mean(axis=0, keepdims=True)).astype(np.float32)
     labels = cluster(frames.embeddings, frames.lengths.astype(np.float64), settings, num_speakers,
-                     min_speakers or 1, max_speakers)
+                     min_speakers or 1, max_speakers, frames.stretches)
     compressed = frame_labels(frames, labels, settings)
     segments = _timeline_segments(frames, compressed, settings)
+    frames.embeddings = raw  # enrolled speakers are compared in the model's own space
     names = _names(segments, frames, labels, encoder, enrolment)
     return Diarization(uri, [(s, e, names[c]) for s, e, c in segments], duration, "" if segments else
                        "no speech left after dropping speech islands shorter than "

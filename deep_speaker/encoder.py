@@ -26,14 +26,14 @@ from typing import NamedTuple, Union
 import numpy as np
 
 from deep_speaker.audio import (MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ, AudioError, TrimmedAudio, load_utterance,
-                                resample, trim_utterance)
+                                read_audio, resample, trim_utterance)
 from deep_speaker.checkpoints import ResolvedModel, resolve_model
 from deep_speaker.config import SCORING_ENVIRONMENT, SCORING_SEED, Config
 from deep_speaker.features import utterance_features
 from deep_speaker.identification import (Enrolment, EnrolmentError, Identification, enrolment_settings,
                                          model_identity)
-from deep_speaker.long_audio import (LONG_RECORDING_S, SEGMENT_S, is_long_recording, segments, stream_audio,
-                                     waveform_segments)
+from deep_speaker.long_audio import (LONG_RECORDING_S, SEGMENT_S, is_long_recording, recording_seconds, segments,
+                                     stream_audio, waveform_segments)
 from deep_speaker.parallel import default_workers
 from deep_speaker.score_norm import ScoreNormalizer, cohort_beside
 from deep_speaker.scoring import MIN_SCORING_FRAMES, Embedder, ScoringError, min_scoring_speech_ms, speaker_embedding
@@ -366,6 +366,12 @@ class SpeakerEncoder:
         if isinstance(recording, (str, Path)):
             path = str(recording)
             try:
+                if Path(path).is_file() and recording_seconds(path) is None:
+                    # A format libsndfile cannot read (some mp3): decoded whole by the audio extra, as embed_file does.
+                    samples, file_rate = read_audio(path)
+                    return diarize_blocks(waveform_blocks(resample(samples, file_rate, rate), 5 * rate),
+                                          Path(path).stem, self, num_speakers=num_speakers, min_speakers=min_speakers,
+                                          max_speakers=max_speakers, enrolment=enrolment, settings=settings)
                 return diarize_blocks(stream_audio(path, rate), Path(path).stem, self, num_speakers=num_speakers,
                                       min_speakers=min_speakers, max_speakers=max_speakers, enrolment=enrolment,
                                       settings=settings)

@@ -67,6 +67,7 @@ class DiarizationSettings:
     min_speech_s: float = 0.2  # speech islands shorter than this are dropped
     window_s: float = 1.5  # speech per embedding window
     cluster_stretches: bool = False  # cluster the mean embeddings of stretches of speech, not windows
+    normalise: str = "window"  # log fbank normalised over each window ("window") or its 30 s chunk's speech
     center: bool = False  # subtract the recording's mean window embedding before clustering
     hop_s: float = 0.5  # speech between window starts
     split_gap_s: float = 0.5  # no window spans a pause longer than this
@@ -193,8 +194,10 @@ class _WindowStream:
     `split_gap` frames ends a stretch of speech: windows never span one (the last window of a stretch ends
     at its end; a stretch shorter than a window but of at least `min_frames` gets one window of its own)."""
 
-    def __init__(self, embed, window: int, hop: int, dim: int, split_gap: int, min_frames: int):
+    def __init__(self, embed, window: int, hop: int, dim: int, split_gap: int, min_frames: int,
+                 per_window: bool = True):
         self.embed, self.window, self.hop, self.dim = embed, window, hop, dim
+        self.per_window = per_window
         self.split_gap, self.min_frames = split_gap, min_frames
         self.buffer = np.zeros((0, 0), np.float32)  # speech fbank frames not yet past every window
         self.offset = 0  # compressed index of buffer[0]
@@ -246,7 +249,7 @@ class _WindowStream:
         self.stretch += 1
 
     def _queue(self, start: int, frames: np.ndarray) -> None:
-        self.pending.append(normalize_utterance(frames))
+        self.pending.append(normalize_utterance(frames) if self.per_window else np.asarray(frames, np.float32))
         self.last_start = start
         self.starts.append(start)
         self.stretches.append(self.stretch)
@@ -284,7 +287,7 @@ def _stream_frames(blocks: Iterable[np.ndarray], config, settings: DiarizationSe
     window = int(round(settings.window_s / FRAME_S))
     stream = _WindowStream(embed, window, max(1, int(round(settings.hop_s / FRAME_S))), dim,
                            int(round(settings.split_gap_s / FRAME_S)),
-                           max(10, int(round(settings.min_window_s / FRAME_S))))
+                           max(10, int(round(settings.min_window_s / FRAME_S))), settings.normalise == "window")
     flags, indices = [], []
     frame0 = 0  # timeline index of the next frame
     buffer = np.zeros(0, np.float32)
@@ -301,7 +304,10 @@ def _stream_frames(blocks: Iterable[np.ndarray], config, settings: DiarizationSe
         where = np.flatnonzero(speech)
         indices.append(frame0 + where)
         if len(where):
-            stream.add(fbank[where], frame0 + where)
+            voiced = fbank[where]
+            if settings.normalise == "chunk":  # mean and variance of the chunk's speech frames
+                voiced = normalize_utterance(voiced)
+            stream.add(voiced, frame0 + where)
         frame0 += count
         return count
 

@@ -179,7 +179,7 @@ def main() -> None:
     for item in args.set:
         name, value = item.split("=", 1)
         kind = type(getattr(base, name))
-        changes[name] = kind(value)
+        changes[name] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     base = dataclasses.replace(base, **changes)
     if args.speed is not None:
         build(data, work, "test", "librispeech", args.count, 0.0)

@@ -260,7 +260,7 @@ INVALID = [
     Case("get_emb", "--output e.npy", error=r"the following arguments are required: --get_embeddings"),
     Case("get_emb", "--get_embeddings 19 --max_utterances many", error=r"'many' is not an integer"),
     # evaluate
-    Case("evaluate", "--output_dir {tmp}/e", error=r"one of the arguments --audio_dir --trials is required"),
+    Case("evaluate", "--output_dir {tmp}/e", error=r"one of the arguments --audio_dir --trials --diarization is required"),
     Case("evaluate", "--audio_dir {corpus} --trials {trials} --output_dir {tmp}/e",
          error=r"argument --trials: not allowed with argument --audio_dir"),
     Case("evaluate", "--audio_dir {corpus}", error=r"the following arguments are required: --output_dir"),

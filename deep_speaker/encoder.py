@@ -109,7 +109,8 @@ class SpeakerEncoder:
         self.workers = workers if workers is not None else default_workers()
         self._thresholds = _read_thresholds(self.model_path.parent / THRESHOLD_FILE)
         cohort = cohort_beside(self.model_path)
-        self._normalizer = ScoreNormalizer.load(cohort, self.model_path) if score_norm and cohort.is_file() else None
+        self._normalizer = (ScoreNormalizer.load(cohort, self.model_path, self._identity["sha256"])
+                            if score_norm and cohort.is_file() else None)
 
     # --- what the encoder is ------------------------------------------------------------------------
 

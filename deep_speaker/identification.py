@@ -9,7 +9,6 @@ and settings it was made with; anything else is refused in one line.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
@@ -33,12 +32,10 @@ class EnrolmentError(ScoringError):
 
 def model_identity(path: str | Path) -> dict[str, str]:
     """{"sha256": digest of the model file, "path": its absolute path}."""
+    from deep_speaker.score_norm import model_fingerprint
+
     path = Path(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"sha256": digest.hexdigest(), "path": str(path.resolve())}
+    return {"sha256": model_fingerprint(path), "path": str(path.resolve())}
 
 
 def enrolment_settings(config: Config) -> dict[str, Any]:

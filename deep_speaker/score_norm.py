@@ -91,14 +91,15 @@ class ScoreNormalizer:
         atomic_save_npz(Path(path), cohort=self.cohort.astype(np.float16), meta=np.array(json.dumps(meta)))
 
     @classmethod
-    def load(cls, path: str | Path, model_path: str | Path) -> "ScoreNormalizer":
-        """The cohort saved beside a model; refuses one embedded with other weights."""
+    def load(cls, path: str | Path, model_path: str | Path, model_sha256: str | None = None) -> "ScoreNormalizer":
+        """The cohort saved beside a model; refuses one embedded with other weights.
+        model_sha256: the model file's digest, when the caller has computed it already."""
         try:
             with np.load(path, allow_pickle=False) as saved:
                 cohort, meta = saved["cohort"].astype(np.float32), json.loads(str(saved["meta"]))
         except (OSError, KeyError, ValueError) as error:
             raise CohortError(f"{path}: not a score cohort ({type(error).__name__}: {error})") from None
-        if meta.get("model_sha256") != model_fingerprint(model_path):
+        if meta.get("model_sha256") != (model_sha256 or model_fingerprint(model_path)):
             raise CohortError(f"{path}: cohort was embedded with other weights than {model_path}; "
                               f"rebuild it (see MODEL_CARD.md) or score without normalisation")
         return cls(cohort, int(meta.get("top_k", DEFAULT_TOP_K)), tuple(meta.get("speakers", ())))

@@ -55,7 +55,6 @@ class Embedder:
         self.config = resolved.config
         loaded = load_runtime(resolved, runtime, keras_sha256)
         self.runtime = loaded.name  # the runtime in use: "onnx" or "keras"
-        self.runtime_path = loaded.path  # the file it runs
         self.embedding_dim = loaded.embedding_dim
         self._embed_one = loaded.forward
 

@@ -11,6 +11,8 @@ Sets (deep_speaker.conversations, deterministic by seed; 2-6 speakers each):
     python bench/diarization.py                      # DER tables of the test sets (count unknown, and given)
     python bench/diarization.py --calibrate          # sweep the clustering threshold on the calibration sets
     python bench/diarization.py --speed 10 60        # real-time factor and peak RSS of 10 and 60 min recordings
+    python bench/diarization.py --fit_plda           # fit the PLDA beside the model (training speakers only)
+    python bench/diarization.py --naming             # enrolled names right and wrong, by naming threshold
 
 The conversations are written once under --work (default /tmp/deep-speaker-diarization) with their RTTMs, so
 `evaluate.py --diarization <work>/test-librispeech` scores the same files.
@@ -38,6 +40,14 @@ CORPORA = {  # name: (folder under the data root, file pattern, conversation rat
     "wuw2": ("wuw2", "*.ogg", 8000),
 }
 SEEDS = {"test": 26, "calibration": 2026}  # one seed per kind of set
+# What the PLDA is fitted on: one-speaker files of every corpus's training speakers, except those of the
+# calibration conversations (so that the threshold calibrated there meets speakers the PLDA has not seen).
+PLDA_CORPORA = {"librispeech": ("librispeech/train-clean-100", "*.flac"), "speechocean762": ("speechocean762", "*.flac"),
+                "wuw2": ("wuw2", "*.ogg"), "speechcommands": ("speechcommands", "*.ogg"),
+                "arabic-speech-commands": ("arabic-speech-commands", "*.ogg"),
+                "vctk-mini": ("vctk-mini/VCTK-Corpus/wav48", "*.wav")}
+PLDA_SECONDS = 60.0  # audio read per speaker (the first files, in order)
+PLDA_RANK = 128
 
 
 def speaker_pool(data: Path, corpus: str, heldout: bool) -> dict[str, list[Path]]:
@@ -82,6 +92,113 @@ def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bo
         hypothesis = [(s, e, "speech") for s, e, _ in result.segments] if vad_only else result.segments
         scorer.add(audio.stem, [(s, e, "speech") for s, e, _ in reference] if vad_only else reference, hypothesis)
     return scorer.total(), elapsed / max(seconds, 1e-9)
+
+
+def fit_plda(data: Path, work: Path, encoder, count: int) -> None:
+    """Fit the two-covariance PLDA (deep_speaker.plda) on window embeddings of training speakers' own files and
+    save it beside the model."""
+    from deep_speaker.audio import read_audio, resample
+    from deep_speaker.diarization import read_rttm, waveform_blocks, window_embeddings
+    from deep_speaker.plda import PLDA_FILE
+    from deep_speaker.plda import fit_plda as fit
+
+    held = heldout_speakers()
+    calibration = set()
+    for corpus in CORPORA:
+        for rttm in build(data, work, "calibration", corpus, count, 0.0).glob("*.rttm"):
+            calibration |= {f"{corpus}/{label}" for segments in read_rttm(rttm).values() for _, _, label in segments}
+    rate = encoder.config.sample_rate_hz
+    embeddings, speakers = [], []
+    for corpus, (folder, pattern) in PLDA_CORPORA.items():
+        for speaker_dir in sorted(p for p in (data / folder).iterdir() if p.is_dir()):
+            name = f"{corpus}/{speaker_dir.name}"
+            if speaker_dir.name in held.get(corpus, ()) or name in calibration:
+                continue
+            seconds = 0.0
+            for path in sorted(speaker_dir.rglob(pattern)):
+                if seconds >= PLDA_SECONDS:
+                    break
+                audio, file_rate = read_audio(path)
+                audio = resample(audio if audio.ndim == 1 else audio.mean(axis=1), file_rate, rate).astype("float32")
+                seconds += len(audio) / rate
+                rows = window_embeddings(waveform_blocks(audio, 5 * rate), encoder)
+                embeddings.append(rows)
+                speakers += [name] * len(rows)
+        print(f"{corpus}: {len(set(speakers))} speakers, {len(speakers)} windows so far", flush=True)
+    import numpy as np
+
+    plda = fit(np.concatenate(embeddings), speakers, PLDA_RANK, encoder.model_identity["sha256"],
+               {"fitted_on": "window embeddings of one-speaker files of the training speakers of "
+                             f"{', '.join(PLDA_CORPORA)} (not held out, not in the calibration conversations), "
+                             f"the first {PLDA_SECONDS:g} s of each", "rank": PLDA_RANK})
+    path = plda.save(encoder.model_path.parent / PLDA_FILE)
+    print(f"wrote {path}: {plda.info['speakers']} speakers, {plda.info['embeddings']} windows, rank {plda.rank}")
+
+
+NAMING_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.68, 0.72)
+
+
+def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test")) -> None:
+    """How often enrolled names are right and wrong, by naming threshold: each conversation (count estimated)
+    three times, with an enrolment of half its speakers (at random) and 10 other speakers of its pool, each
+    enrolled from their first file; a name is wrong when the speaker found is mostly someone else."""
+    import numpy as np
+
+    from deep_speaker.diarization import (DiarizationSettings, _centroids, _stream_frames, cluster,
+                                          match_enrolled, model_plda, read_rttm)
+    from deep_speaker.long_audio import stream_audio
+
+    settings = DiarizationSettings()
+    for kind in kinds:
+        cases = []
+        for corpus in CORPORA:
+            pool = speaker_pool(data, corpus, kind == "test")
+            names = sorted(pool)
+            enrolled = np.stack([encoder.embed_file(str(pool[name][0])) for name in names])
+            rng = np.random.default_rng(1)
+            for audio in sorted(build(data, work, kind, corpus, count, 0.0).glob("*.flac")):
+                reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
+                frames = _stream_frames(stream_audio(str(audio), encoder.config.sample_rate_hz), encoder.config,
+                                        settings, encoder._embedder.embed_batch, encoder.embedding_dim)
+                labels = cluster(frames.embeddings, frames.lengths.astype(float), settings, None, 1, None,
+                                 frames.stretches, model_plda(encoder))
+                truth = _window_speakers(frames, reference)
+                found = []
+                for c in range(int(labels.max()) + 1):
+                    said = [t for t in truth[labels == c] if t]
+                    found.append(max(set(said), key=said.count) if said else "")
+                centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(float))
+                speakers = sorted({label for _, _, label in reference})
+                for _ in range(3):
+                    chosen = [s for s in speakers if rng.random() < 0.5]
+                    others = [s for s in names if s not in speakers]
+                    chosen += list(rng.choice(others, min(10, len(others)), replace=False))
+                    cases.append((centroids @ enrolled[[names.index(s) for s in chosen]].T, found, chosen))
+        for threshold in NAMING_THRESHOLDS:
+            right = wrong = could = total = 0
+            for scores, found, chosen in cases:
+                total += len(found)
+                could += sum(f in chosen for f in found)
+                for c, e in match_enrolled(scores, threshold).items():
+                    right += found[c] == chosen[e]
+                    wrong += found[c] != chosen[e]
+            print(f"{kind}, naming threshold {threshold}: enrolled speakers named {100 * right / could:.0f} % "
+                  f"({right}/{could}); wrong names {100 * wrong / total:.1f} % of the {total} speakers found",
+                  flush=True)
+
+
+def _window_speakers(frames, reference) -> list:
+    """The reference speaker of most of each window's frames ('' where none)."""
+    import numpy as np
+
+    speaker = np.full(frames.num_frames, "", object)
+    for start, end, label in reference:
+        speaker[int(round(start * 100)):int(round(end * 100))] = label
+    out = []
+    for start, length in zip(frames.starts, frames.lengths):
+        said = [s for s in speaker[frames.speech_index[start:start + length]] if s]
+        out.append(max(set(said), key=said.count) if said else "")
+    return np.array(out, object)
 
 
 def webrtc_speech_frames(mode: int):
@@ -159,13 +276,16 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20, help="conversations per set")
     p.add_argument("--corpora", default="librispeech,speechocean762,wuw2")
     p.add_argument("--calibrate", action="store_true", help="sweep settings on the calibration sets")
-    p.add_argument("--thresholds", default="0.3,0.35,0.4,0.45,0.5,0.55,0.6")
+    p.add_argument("--sweep", default="plda_threshold", help="the DiarizationSettings field --calibrate sweeps")
+    p.add_argument("--thresholds", default="-15,-10,-5,0,5", help="the values --calibrate gives it")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a DiarizationSettings field for this run (repeatable), e.g. --set vad=webrtc")
     p.add_argument("--vad_only", action="store_true", help="score speech/non-speech only (one label)")
     p.add_argument("--overlap", type=float, default=0.0, help="share of turns that overlap the previous one")
     p.add_argument("--webrtc", type=int, choices=(0, 1, 2, 3), help="measure webrtcvad (this mode) as the VAD")
     p.add_argument("--speed", nargs="*", type=float, metavar="MINUTES")
+    p.add_argument("--fit_plda", action="store_true", help="fit the PLDA beside the model on training speakers")
+    p.add_argument("--naming", action="store_true", help="enrolled names right and wrong, by naming threshold")
     args = p.parse_args()
 
     from deep_speaker import SpeakerEncoder
@@ -190,14 +310,20 @@ def main() -> None:
 
         deep_speaker.diarization.speech_frames = webrtc_speech_frames(args.webrtc)
     encoder = SpeakerEncoder()
+    if args.fit_plda:
+        fit_plda(data, work, encoder, args.count)
+        return
+    if args.naming:
+        naming(data, work, encoder, args.count)
+        return
     print(f"settings: {json.dumps(dataclasses.asdict(base))}", flush=True)
     if args.calibrate:
         folders = {c: build(data, work, "calibration", c, args.count, args.overlap) for c in corpora}
-        for threshold in [float(t) for t in args.thresholds.split(",")]:
-            settings = dataclasses.replace(base, threshold=threshold)
+        for value in [float(t) for t in args.thresholds.split(",")]:
+            settings = dataclasses.replace(base, **{args.sweep: value})
             rows = [(f"calibration {c}", *score_folder(encoder, f, False, settings, args.vad_only))
                     for c, f in folders.items()]
-            print(f"\nthreshold {threshold}\n{table(rows)}", flush=True)
+            print(f"\n{args.sweep} {value}\n{table(rows)}", flush=True)
         return
     rows = []
     for corpus in corpora:

@@ -32,6 +32,7 @@ identification threshold takes that name (each name once, best matches first).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -45,6 +46,7 @@ from deep_speaker.conversations import bridge, runs
 from deep_speaker.errors import InputError
 from deep_speaker.features import compute_fbank, normalize_utterance
 from deep_speaker.io_utils import atomic_write_text
+from deep_speaker.plda import PLDA_FILE, PLDAError, load_plda
 from deep_speaker.speech import MAX_PEAK_SHARE, MIN_RUN_FRAMES, _frame_statistics, _in_runs
 
 CHUNK_S = 30.0  # audio analysed at a time (its frames' loudness is judged against the chunk's loud frames)
@@ -57,6 +59,7 @@ BATCH_WINDOWS = 32  # windows per model call
 LABEL_BLOCK_FRAMES = 1 << 15  # speech frames labelled at a time (step 4)
 MAX_CLUSTER_WINDOWS = 2000  # more windows are clustered by an evenly spread subset, then all assigned (memory)
 FRAME_S = 0.010
+CLUSTERINGS = ("plda", "ahc", "kmeans", "spectral")
 
 
 @dataclass(frozen=True)
@@ -72,17 +75,26 @@ class DiarizationSettings:
     hop_s: float = 0.5  # speech between window starts
     split_gap_s: float = 0.5  # no window spans a pause longer than this
     min_window_s: float = 0.5  # a stretch of speech shorter than a window gets one window if at least this long
-    # "auto": agglomerative (cut at `threshold`) when the count is estimated, spectral when it is given (each
-    # measured best there); "ahc" or "spectral" (eigengap count) always
+    # "auto": PLDA merging when the count is estimated (cosine "ahc" when the model has no PLDA file beside
+    # it), spherical k-means when it is given (each measured best there); or "plda", "ahc", "kmeans",
+    # "spectral" (eigengap count) always
     clustering: str = "auto"
+    plda_threshold: float = -5.0  # plda: clusters merge while "one speaker" is this much (log) as likely as two
+    plda_group_windows: int = 4  # plda: runs of this many windows of a stretch of speech start as one cluster
+    plda_window_weight: float = 1 / 3  # plda: evidence per window (1.5 s windows every 0.5 s: a third is new)
+    kmeans_restarts: int = 20  # kmeans: seeded k-means++ starts, the best fit kept
     threshold: float = 0.4  # ahc: cosine similarity at which agglomerative clustering stops merging
     prune: float = 0.2  # spectral: each window keeps its affinities to this share of the others, its nearest
     merge_threshold: float = 1.0  # clusters whose mean embeddings reach this cosine similarity are merged
     refine_iterations: int = 2
-    min_cluster_s: float = 2.0  # a cluster with less speech is merged into its nearest (unless num_speakers)
+    min_cluster_s: float = 2.0  # ahc: a cluster with less speech joins its nearest (PLDA weighs sizes itself)
     smooth_s: float = 0.5  # moving average of each frame's speaker scores
     min_turn_s: float = 0.3  # a shorter turn that touches another speaker's joins it
     max_speakers: int = 20  # the most speakers found when no count is given
+    # An enrolled name goes to a speaker whose mean window embedding reaches this cosine similarity with the
+    # enrolled embedding: 1 in 1000 pairs of different training speakers do (the model's verification
+    # threshold, 0.38, lets 15 % through: too many false names)
+    naming_threshold: float = 0.68
 
 
 @dataclass
@@ -325,6 +337,14 @@ def _stream_frames(blocks: Iterable[np.ndarray], config, settings: DiarizationSe
                    stream.embeddings(), speech_index, frame0, np.asarray(stream.stretches, np.int64))
 
 
+def window_embeddings(blocks: Iterable[np.ndarray], encoder, settings: DiarizationSettings | None = None) -> np.ndarray:
+    """The window embeddings (n, dim) that step 2 makes of a recording: of one-speaker files, what the PLDA is
+    fitted on (`bench/diarization.py --fit_plda`)."""
+    settings = settings or DiarizationSettings()
+    return _stream_frames(blocks, encoder.config, settings, encoder._embedder.embed_batch,
+                          encoder.embedding_dim).embeddings
+
+
 # --- 3. clustering ------------------------------------------------------------------------------
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -333,13 +353,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def cluster(embeddings: np.ndarray, weights: np.ndarray, settings: DiarizationSettings,
             num_speakers: int | None = None, min_speakers: int = 1, max_speakers: int | None = None,
-            stretches: np.ndarray | None = None) -> np.ndarray:
-    """Cluster labels 0..k-1 of unit window embeddings (the module's step 3); with `stretches` (a group
-    number per window) and `settings.cluster_stretches`, the groups' mean embeddings are clustered."""
+            stretches: np.ndarray | None = None, plda=None) -> np.ndarray:
+    """Cluster labels 0..k-1 of unit window embeddings (the module's step 3). `stretches` (the stretch of
+    speech of each window) lets PLDA start from runs of windows, and `settings.cluster_stretches` cluster
+    the stretches' mean embeddings; `plda` (deep_speaker.plda.PLDA) is what "plda" and "auto" merge with."""
     n = len(embeddings)
     max_speakers = settings.max_speakers if max_speakers is None else max_speakers
     if n == 1:
         return np.zeros(1, np.int64)
+    method = clustering_method(settings, num_speakers, plda is not None)
+    if method == "plda":
+        if stretches is None:
+            stretches = np.zeros(n, np.int64)
+        labels = plda_labels(embeddings, stretches, plda, settings, num_speakers, min_speakers, max_speakers)
+        # Windows move to their nearest speaker; no size floor, since PLDA has weighed each cluster's size.
+        return _refined(embeddings, weights, labels, dataclasses.replace(settings, min_cluster_s=0.0),
+                        num_speakers, min_speakers)
     points, point_weights = embeddings, weights
     if settings.cluster_stretches and stretches is not None:
         _, group = np.unique(stretches, return_inverse=True)
@@ -349,13 +378,138 @@ def cluster(embeddings: np.ndarray, weights: np.ndarray, settings: DiarizationSe
             points, point_weights = embeddings, weights
     m = len(points)
     subset = np.arange(m) if m <= MAX_CLUSTER_WINDOWS else np.linspace(0, m - 1, MAX_CLUSTER_WINDOWS).astype(int)
-    if settings.clustering == "spectral" or (settings.clustering == "auto" and num_speakers is not None):
+    if method == "kmeans":
+        count = num_speakers if num_speakers is not None else int(np.clip(
+            _ahc_labels(points[subset], settings, None, min_speakers, max_speakers).max(), min_speakers, max_speakers))
+        labels = spherical_kmeans(points[subset], point_weights[subset], count, settings.kmeans_restarts) + 1
+    elif method == "spectral":
         labels = spectral_labels(points[subset], settings.prune, num_speakers, min_speakers, max_speakers) + 1
     else:
         labels = _ahc_labels(points[subset], settings, num_speakers, min_speakers, max_speakers)
     centroids = _centroids(points[subset], labels - 1, point_weights[subset])
     assigned = np.argmax(embeddings @ centroids.T, axis=1)
     return _refined(embeddings, weights, assigned, settings, num_speakers, min_speakers)
+
+
+def clustering_method(settings: DiarizationSettings, num_speakers: int | None, have_plda: bool) -> str:
+    """What step 3 uses: the setting, with "auto" resolved (k-means for a given count, else PLDA when the
+    model has one, else cosine agglomerative clustering)."""
+    if settings.clustering == "auto":
+        return "kmeans" if num_speakers is not None else ("plda" if have_plda else "ahc")
+    if settings.clustering == "plda" and not have_plda:
+        raise InputError(f"clustering 'plda' needs the model's {PLDA_FILE} (python bench/diarization.py --fit_plda)")
+    if settings.clustering not in CLUSTERINGS:
+        raise InputError(f"clustering must be one of auto, {', '.join(CLUSTERINGS)}; got {settings.clustering!r}")
+    return settings.clustering
+
+
+def plda_labels(embeddings: np.ndarray, stretches: np.ndarray, plda, settings: DiarizationSettings,
+                num_speakers: int | None, min_speakers: int, max_speakers: int) -> np.ndarray:
+    """Labels 0..k-1 by PLDA merging: every run of `plda_group_windows` windows of a stretch of speech starts
+    as a cluster; the two clusters most likely one speaker merge, again and again, until "one speaker" is
+    less likely than `plda_threshold` says (or the count is reached). A window counts `plda_window_weight`
+    (overlapping windows repeat each other's speech). More than MAX_CLUSTER_WINDOWS starting clusters: an
+    evenly spread subset is merged and the others join the nearest result."""
+    n = len(embeddings)
+    first = np.r_[0, np.flatnonzero(np.diff(stretches)) + 1]  # first window of each stretch
+    position = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
+    _, group = np.unique(first.searchsorted(np.arange(n), side="right") * (n + 1)
+                         + position // max(1, settings.plda_group_windows), return_inverse=True)
+    projected = plda.project(embeddings)
+    counts = np.bincount(group).astype(np.float64)
+    totals = np.zeros((len(counts), plda.rank))
+    np.add.at(totals, group, projected)
+    m = len(counts)
+    subset = np.arange(m) if m <= MAX_CLUSTER_WINDOWS else np.linspace(0, m - 1, MAX_CLUSTER_WINDOWS).astype(int)
+    merged = _plda_merge(plda, counts[subset] * settings.plda_window_weight,
+                         totals[subset] * settings.plda_window_weight, settings.plda_threshold,
+                         num_speakers, min_speakers, max_speakers)
+    if m > len(subset):  # the other groups' windows join the nearest cluster (cosine, the model's space)
+        by_group = np.full(m, -1, np.int64)
+        by_group[subset] = merged
+        known = by_group[group] >= 0
+        centroids = _centroids(embeddings[known], by_group[group][known], np.ones(int(known.sum())))
+        return np.argmax(embeddings @ centroids.T, axis=1)
+    return merged[group]
+
+
+def _plda_merge(plda, counts: np.ndarray, totals: np.ndarray, threshold: float, num_speakers: int | None,
+                min_speakers: int, max_speakers: int) -> np.ndarray:
+    """Greedy agglomerative merging by PLDA log-likelihood ratio; labels 0..k-1 of the starting clusters.
+    Each row's best partner is kept, so a merge costs one new row of scores, not a new matrix."""
+    m = len(counts)
+    counts, totals = counts.astype(np.float64).copy(), totals.astype(np.float64).copy()
+    alive = np.ones(m, bool)
+    score = np.stack([plda.merge_scores(counts[i], totals[i], counts, totals) for i in range(m)])
+    np.fill_diagonal(score, -np.inf)
+    best, partner = score.max(axis=1), score.argmax(axis=1)
+    label = np.arange(m)
+    clusters = m
+    while clusters > 1:
+        i = int(np.argmax(best))
+        j, value = int(partner[i]), float(best[i])
+        if not np.isfinite(value):
+            break
+        if num_speakers is not None:
+            if clusters <= num_speakers:
+                break
+        elif clusters <= min_speakers or (value < threshold and clusters <= max_speakers):
+            break
+        counts[i] += counts[j]
+        totals[i] += totals[j]
+        alive[j] = False
+        label[label == j] = i
+        score[j, :] = score[:, j] = -np.inf
+        row = plda.merge_scores(counts[i], totals[i], counts, totals)
+        row[~alive] = -np.inf
+        row[i] = -np.inf
+        score[i, :] = score[:, i] = row
+        best[j] = -np.inf
+        stale = np.flatnonzero(alive & ((partner == i) | (partner == j)))
+        stale = np.union1d(stale, [i])
+        best[stale], partner[stale] = score[stale].max(axis=1), score[stale].argmax(axis=1)
+        better = alive & (row > best)
+        best[better], partner[better] = row[better], i
+        clusters -= 1
+    return np.unique(label, return_inverse=True)[1]
+
+
+def spherical_kmeans(points: np.ndarray, weights: np.ndarray, k: int, restarts: int, seed: int = 0,
+                     iterations: int = 30) -> np.ndarray:
+    """Labels 0..k-1 of unit rows: k-means on the sphere (each point to the centroid of highest cosine), from
+    `restarts` seeded k-means++ starts; the start that fits best (largest sum of the clusters' weighted
+    resultant lengths) is kept."""
+    n = len(points)
+    k = min(k, n)
+    if k <= 1:
+        return np.zeros(n, np.int64)
+    x = points.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    best_fit, best_labels = -np.inf, np.zeros(n, np.int64)
+    for _ in range(max(1, restarts)):
+        centres = [x[rng.integers(n)]]
+        for _ in range(1, k):  # k-means++: the next centre far from those chosen (cosine distance, squared)
+            distance = np.maximum(1.0 - np.max(x @ np.array(centres).T, axis=1), 0.0) ** 2
+            total = distance.sum()
+            centres.append(x[rng.choice(n, p=distance / total)] if total > 0 else x[rng.integers(n)])
+        labels = np.argmax(x @ np.array(centres).T, axis=1)
+        for _ in range(iterations):
+            sums = np.zeros((k, x.shape[1]))
+            np.add.at(sums, labels, x * weights[:, None])
+            empty = np.flatnonzero(np.linalg.norm(sums, axis=1) == 0)
+            if len(empty):  # an empty cluster restarts at the point that fits its own worst
+                worst = np.argsort(np.sum(x * _unit(sums)[labels], axis=1))[:len(empty)]
+                sums[empty] = x[worst]
+            new = np.argmax(x @ _unit(sums).T, axis=1)
+            if np.array_equal(new, labels):
+                break
+            labels = new
+        sums = np.zeros((k, x.shape[1]))
+        np.add.at(sums, labels, x * weights[:, None])
+        fit = np.linalg.norm(sums, axis=1).sum()
+        if fit > best_fit:
+            best_fit, best_labels = fit, labels
+    return np.unique(best_labels, return_inverse=True)[1]
 
 
 def spectral_labels(embeddings: np.ndarray, prune: float, num_speakers: int | None, min_speakers: int,
@@ -546,15 +700,37 @@ def diarize_blocks(blocks: Iterable[np.ndarray], uri: str, encoder, *, num_speak
     raw = frames.embeddings
     if settings.center and len(raw) > 1:  # what all windows of the recording share is not who speaks
         frames.embeddings = _unit(raw - raw.mean(axis=0, keepdims=True)).astype(np.float32)
+    plda = model_plda(encoder) if clustering_wants_plda(settings, num_speakers) else None
     labels = cluster(frames.embeddings, frames.lengths.astype(np.float64), settings, num_speakers,
-                     min_speakers or 1, max_speakers, frames.stretches)
+                     min_speakers or 1, max_speakers, frames.stretches, plda)
     compressed = frame_labels(frames, labels, settings)
     segments = _timeline_segments(frames, compressed, settings)
     frames.embeddings = raw  # enrolled speakers are compared in the model's own space
-    names = _names(segments, frames, labels, encoder, enrolment)
+    names = _names(segments, frames, labels, encoder, enrolment, settings.naming_threshold)
     return Diarization(uri, [(s, e, names[c]) for s, e, c in segments], duration, "" if segments else
                        "no speech left after dropping speech islands shorter than "
                        f"{settings.min_speech_s:g} s", speech_s, settings_dict)
+
+
+def clustering_wants_plda(settings: DiarizationSettings, num_speakers: int | None) -> bool:
+    return settings.clustering == "plda" or (settings.clustering == "auto" and num_speakers is None)
+
+
+def model_plda(encoder):
+    """The PLDA beside the encoder's model (deep_speaker.plda), loaded once per encoder; None when there is
+    none. One fitted on another model is not used: "auto" then clusters by cosine, with a warning."""
+    if not hasattr(encoder, "_diarization_plda"):
+        path = Path(encoder.model_path).parent / PLDA_FILE
+        plda = None
+        if path.is_file():
+            try:
+                plda = load_plda(path, encoder.model_identity["sha256"])
+            except PLDAError as error:
+                import warnings
+
+                warnings.warn(f"{error}: speakers are counted by cosine clustering instead", stacklevel=3)
+        encoder._diarization_plda = plda
+    return encoder._diarization_plda
 
 
 def check_counts(num_speakers: int | None, min_speakers: int | None, max_speakers: int | None) -> None:
@@ -575,9 +751,9 @@ def check_counts(num_speakers: int | None, min_speakers: int | None, max_speaker
         raise InputError(f"min_speakers {min_speakers} is more than max_speakers {max_speakers}")
 
 
-def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment) -> dict[int, str]:
-    """speaker_1.. in order of first appearance; enrolled names for clusters that match (threshold: the
-    model's identification threshold)."""
+def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment, threshold: float) -> dict[int, str]:
+    """speaker_1.. in order of first appearance; enrolled names for clusters that match (cosine similarity of
+    the cluster's mean window embedding and the enrolled embedding at least `threshold`)."""
     order = list(dict.fromkeys(c for _, _, c in segments))
     names = {c: f"speaker_{i}" for i, c in enumerate(order, start=1)}
     if enrolment is None or not order:
@@ -585,26 +761,34 @@ def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment) ->
     from deep_speaker.identification import enrolment_settings
 
     enrolment.check_compatible(encoder.model_identity, enrolment_settings(encoder.config))
-    threshold = encoder.threshold
-    if threshold is None:
-        raise InputError(f"naming enrolled speakers needs the model's identification threshold "
-                         f"({encoder.model_path.parent}/threshold.json holds none)")
     centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))[order]
     scores = centroids @ _unit(np.asarray(enrolment.embeddings, np.float64)).T  # (clusters, enrolled)
-    taken_c, taken_e = set(), set()
-    for flat in np.argsort(-scores, axis=None, kind="stable"):
-        c, e = divmod(int(flat), scores.shape[1])
-        if scores[c, e] < threshold:
-            break
-        if order[c] in taken_c or e in taken_e:
-            continue
-        taken_c.add(order[c])
-        taken_e.add(e)
+    matched = match_enrolled(scores, threshold)
+    for c, e in matched.items():
         names[order[c]] = enrolment.speakers[e]
-    numbered = [c for c in order if c not in taken_c]
+    numbered = [order[c] for c in range(len(order)) if c not in matched]
     for i, c in enumerate(numbered, start=1):  # the rest stay numbered, 1.. in order of appearance
         names[c] = f"speaker_{i}"
     return names
+
+
+def match_enrolled(scores: np.ndarray, threshold: float) -> dict[int, int]:
+    """{row: column} of a (speakers found, enrolled) score matrix: best pairs first, each row and column
+    once, none below `threshold`.
+
+    >>> match_enrolled(np.array([[0.9, 0.8], [0.85, 0.3]]), 0.5)
+    {0: 0}
+    """
+    matched: dict[int, int] = {}
+    taken: set[int] = set()
+    for flat in np.argsort(-scores, axis=None, kind="stable"):
+        row, column = divmod(int(flat), scores.shape[1])
+        if scores[row, column] < threshold:
+            break
+        if row not in matched and column not in taken:
+            matched[row] = column
+            taken.add(column)
+    return matched
 
 
 def waveform_blocks(audio: np.ndarray, block: int) -> Iterator[np.ndarray]:

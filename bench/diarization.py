@@ -135,7 +135,7 @@ def fit_plda(data: Path, work: Path, encoder, count: int) -> None:
     print(f"wrote {path}: {plda.info['speakers']} speakers, {plda.info['embeddings']} windows, rank {plda.rank}")
 
 
-NAMING_THRESHOLDS = (0.5, 0.55, 0.6, 0.65, 0.68, 0.72)
+NAMING_THRESHOLDS = (0.383, 0.5, 0.55, 0.6, 0.65, 0.68, 0.72)
 
 
 def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test")) -> None:
@@ -284,6 +284,7 @@ def main() -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="share of turns that overlap the previous one")
     p.add_argument("--webrtc", type=int, choices=(0, 1, 2, 3), help="measure webrtcvad (this mode) as the VAD")
     p.add_argument("--speed", nargs="*", type=float, metavar="MINUTES")
+    p.add_argument("--model", help="the model (.keras) to measure or fit the PLDA of (default: the shipped one)")
     p.add_argument("--fit_plda", action="store_true", help="fit the PLDA beside the model on training speakers")
     p.add_argument("--naming", action="store_true", help="enrolled names right and wrong, by naming threshold")
     args = p.parse_args()
@@ -309,7 +310,7 @@ def main() -> None:
         import deep_speaker.diarization
 
         deep_speaker.diarization.speech_frames = webrtc_speech_frames(args.webrtc)
-    encoder = SpeakerEncoder()
+    encoder = SpeakerEncoder(args.model)
     if args.fit_plda:
         fit_plda(data, work, encoder, args.count)
         return

@@ -15,20 +15,23 @@ measurement on simulated conversations of training speakers (docs/diarization.md
    The file is streamed in blocks (`deep_speaker.long_audio.stream_audio`) and
    only a window's worth of frames is held, so memory does not grow with length
    beyond the embeddings (2 kB per window) and a few bytes per frame.
-3. **Clustering**: agglomerative clustering (scipy, average linkage, cosine) of
-   the window embeddings, cut at the cosine similarity `threshold` (calibrated
-   on training speakers' conversations) or at exactly `num_speakers` clusters
-   (clamped into `min_speakers`..`max_speakers`); then `refine_iterations` of
-   reassigning every window to its nearest centroid, and clusters holding less
-   than `min_cluster_s` of speech merged into their nearest neighbour.
+3. **Clustering**: with the count estimated, PLDA merging (`deep_speaker.plda`, the model's
+   `diarization_plda.npz`): runs of `plda_group_windows` windows start as clusters and the two likeliest to
+   be one speaker merge until the log-likelihood ratio falls under `plda_threshold` (calibrated on training
+   speakers' conversations); a model without a PLDA file uses agglomerative clustering (scipy, average
+   linkage, cosine) cut at `threshold`, with clusters under `min_cluster_s` merged. With `num_speakers`,
+   spherical k-means from `kmeans_restarts` seeded starts. The count stays within
+   `min_speakers`..`max_speakers`; then `refine_iterations` of reassigning every window to its nearest
+   centroid.
 4. **Boundaries at frame level**: every speech frame scores each speaker by the
    mean cosine similarity to that speaker's centroid of the windows covering it,
    smoothed over `smooth_s`; the best speaker wins the frame, so turns change
    where the voices change, not on the window grid.
 
 Labels are `speaker_1`, `speaker_2`, ... in order of first appearance; with an
-enrolment, a cluster whose centroid matches an enrolled speaker at or above the
-identification threshold takes that name (each name once, best matches first).
+enrolment, a cluster whose centroid has a cosine similarity of at least
+`naming_threshold` with an enrolled speaker takes that name (each name once, best
+matches first).
 """
 from __future__ import annotations
 

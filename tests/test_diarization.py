@@ -80,15 +80,14 @@ def test_a_real_conversation_is_diarized_with_a_low_error(encoder, conversation,
     assert result.speakers == ["speaker_1", "speaker_2", "speaker_3"]
     scorer = DiarizationScorer()
     score = scorer.add(made.name, made.segments, result.segments)
-    assert score.der < 0.10, score.row()  # 4.4 % when measured
+    assert score.der < 0.10, score.row()  # 2.6 % when measured
     total = scorer.total()
     assert total["count_accuracy"] == 1.0 and total["der"] == pytest.approx(score.der)
-    # The count estimated: these three speakers' many utterances split into more clusters (5 when measured,
-    # DER 16.8 %; docs/diarization.md), never fewer than two.
+    # The count estimated (PLDA merging): these three speakers, though each has much more speech than the
+    # calibration conversations' speakers (cosine clustering found 5 here, DER 16.8 %; docs/diarization.md).
     estimated = encoder.diarize(path)
-    assert estimated.speakers == [f"speaker_{k}" for k in range(1, estimated.num_speakers + 1)]
-    assert 2 <= estimated.num_speakers <= 6
-    assert DiarizationScorer().add(made.name, made.segments, estimated.segments).der < 0.3
+    assert estimated.speakers == ["speaker_1", "speaker_2", "speaker_3"]
+    assert DiarizationScorer().add(made.name, made.segments, estimated.segments).der < 0.10  # 2.6 % measured
     # The same through the waveform API, and RTTM output read back.
     import soundfile
 

@@ -26,7 +26,7 @@ def build_parser():
     p.add_argument("--max_speakers", type=positive_int, default=None, help="at most this many speakers")
     p.add_argument("--enrolment", metavar="ENROLMENT.npz",
                    help="an enrolment written by identify.py --enroll: a speaker that matches an enrolled one at the "
-                        "model's identification threshold takes its name")
+                        "naming threshold (cosine 0.68, docs/diarization.md) takes its name")
     p.add_argument("--plot", metavar="OUT_DIR",
                    help="write <name>.png per recording: a timeline, one lane per speaker (needs the eval extra)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")

@@ -371,9 +371,9 @@ def create_app(service: Service | None) -> FastAPI:
                                                                                  "(default: estimated)"),
                       min_speakers: Optional[int] = Form(None, ge=1, description="at least this many (estimated)"),
                       max_speakers: Optional[int] = Form(None, ge=1, description="at most this many (estimated)"),
-                      names: bool = Form(True, description="clusters that match an enrolled speaker above the "
-                                                           "identification threshold take its id; the rest stay "
-                                                           "speaker_1, speaker_2, ..."),
+                      names: bool = Form(True, description="clusters that match an enrolled speaker at the "
+                                                           "diarization's naming threshold take its id; the rest "
+                                                           "stay speaker_1, speaker_2, ..."),
                       format: str = Query("json", pattern="^(json|rttm)$",
                                           description="json, or rttm: the standard RTTM text")):
         from deep_speaker.diarization import check_counts, rttm_lines
@@ -386,7 +386,7 @@ def create_app(service: Service | None) -> FastAPI:
         except InputError as error:
             raise ApiError(400, "bad_request", str(error)) from None
         snapshot = None
-        if names and service.model.get("threshold") is not None:
+        if names:
             snapshot = await run_in_threadpool(service.means)  # identify's copy (ModelMismatch: 409)
         generation = snapshot.generation if snapshot is not None and snapshot.ids else None
         async with saved_uploads([("file", file)]) as (uploads, _):

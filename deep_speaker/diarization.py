@@ -102,7 +102,9 @@ class DiarizationSettings:
 
 @dataclass
 class Diarization:
-    """Who spoke when: `segments` [(start_s, end_s, label)], sorted; `reason` says why none when empty."""
+    """Who spoke when: `segments` [(start_s, end_s, label)], sorted; `reason` says why none when empty;
+    `embeddings` {label: unit mean of that speaker's window embeddings}, to compare the speakers found with
+    other recordings or enrolments (`SpeakerEncoder.similarity`)."""
 
     uri: str
     segments: list[tuple[float, float, str]]
@@ -110,6 +112,7 @@ class Diarization:
     reason: str = ""
     speech_s: float = 0.0
     settings: dict = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def speakers(self) -> list[str]:
@@ -710,9 +713,11 @@ def diarize_blocks(blocks: Iterable[np.ndarray], uri: str, encoder, *, num_speak
     segments = _timeline_segments(frames, compressed, settings)
     frames.embeddings = raw  # enrolled speakers are compared in the model's own space
     names = _names(segments, frames, labels, encoder, enrolment, settings.naming_threshold)
+    centroids = _centroids(raw, labels, frames.lengths.astype(np.float64)).astype(np.float32)
+    embeddings = {names[c]: centroids[c] for c in dict.fromkeys(c for _, _, c in segments)}
     return Diarization(uri, [(s, e, names[c]) for s, e, c in segments], duration, "" if segments else
                        "no speech left after dropping speech islands shorter than "
-                       f"{settings.min_speech_s:g} s", speech_s, settings_dict)
+                       f"{settings.min_speech_s:g} s", speech_s, settings_dict, embeddings)
 
 
 def clustering_wants_plda(settings: DiarizationSettings, num_speakers: int | None) -> bool:

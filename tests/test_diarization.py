@@ -121,6 +121,13 @@ def test_enrolled_speakers_are_named(encoder, utterances, conversation):
     named = encoder.diarize(path, num_speakers=3, enrolment=enrolment)
     assert {"19", "27"} <= set(named.speakers), named.speakers
     assert [s for s in named.speakers if s not in ("19", "27")] == ["speaker_1"]  # speaker 26 stays numbered
+    # Each speaker found comes with its embedding: the named ones lie nearest their own enrolment.
+    assert list(named.embeddings) == named.speakers
+    for label, vector in named.embeddings.items():
+        assert vector.shape == (encoder.embedding_dim,) and np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    for k, speaker in enumerate(enrolment.speakers):
+        own = encoder.similarity(named.embeddings[speaker], enrolment.embeddings[k])
+        assert own > encoder.similarity(named.embeddings["speaker_1"], enrolment.embeddings[k])
     # Each enrolled name lies where that speaker spoke, mostly.
     for speaker in ("19", "27"):
         theirs = [(s, e) for s, e, label in made.segments if label == speaker]

@@ -167,3 +167,19 @@ def test_window_clustering_with_plda_uses_runs_of_windows_and_refines():
     assert same_partition(found, labels)
     assert len(set(cluster(unit_rows(x), np.ones(len(x)), settings, 2, 1, None, stretches, plda))) == 2
     assert json.dumps(dataclasses.asdict(settings))  # every setting is plain data (Diarization.settings)
+
+
+def test_plda_merging_of_more_starting_clusters_than_the_cap_assigns_the_rest(monkeypatch):
+    import deep_speaker.diarization as diarization
+
+    def unit_rows(x):
+        return (x - 3.0) / np.linalg.norm(x - 3.0, axis=1, keepdims=True)
+
+    train, train_labels = two_covariance_data(300, 20, seed=5, between=9.0)
+    plda = fit_plda(unit_rows(train), train_labels, rank=DIM)
+    x, labels = two_covariance_data(3, 40, seed=6, between=9.0)
+    stretches = np.repeat(np.arange(60), 2)  # 60 starting clusters of 2 windows ...
+    monkeypatch.setattr(diarization, "MAX_CLUSTER_WINDOWS", 20)  # ... of which 20 are merged
+    settings = dataclasses.replace(DiarizationSettings(), plda_window_weight=1.0, plda_group_windows=2)
+    found = diarization.plda_labels(unit_rows(x), stretches, plda, settings, None, 1, 20)
+    assert same_partition(found, labels) and len(found) == len(x)

@@ -16,6 +16,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import soundfile
 
 # The import names of the extras' packages (deep_speaker.requirements), and what they pull in.
 HIDDEN = ("tensorflow", "keras", "tensorboard", "onnx", "tf2onnx", "sklearn", "matplotlib", "librosa", "numba")
@@ -42,11 +43,12 @@ DRIVER = textwrap.dedent("""
 
     import numpy as np
 
-    from deep_speaker.commands import comp_cos, evaluate, export_model, get_emb, identify, preprocess, train_cli
+    from deep_speaker.commands import (comp_cos, diarize, evaluate, export_model, get_emb, identify, preprocess,
+                                       train_cli)
 
     calls, results = json.loads(sys.argv[1]), {}
     modules = {"preprocess": preprocess, "get_emb": get_emb, "comp_cos": comp_cos, "identify": identify,
-               "train_cli": train_cli, "export_model": export_model, "evaluate": evaluate}
+               "train_cli": train_cli, "export_model": export_model, "evaluate": evaluate, "diarize": diarize}
     for label, command, argv in calls:
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -69,6 +71,10 @@ def plain_run(tmp_path_factory, vctk_corpus):
         for wav in sorted((vctk_corpus / "wav48" / speaker).glob("*.wav"))[:3]:
             (corpus / speaker / wav.name).symlink_to(wav)
     cache, files = str(work / "cache"), [str(p) for p in sorted(corpus.glob("p22[56]/*.wav"))[::3]]
+    talk = work / "talk.wav"  # p225, a pause, p226, a pause, p225: a recording to diarize
+    turns = [soundfile.read(p, dtype="float32") for p in (files[0], files[1], sorted(corpus.glob("p225/*.wav"))[1])]
+    pause = np.zeros(int(0.8 * turns[0][1]), np.float32)
+    soundfile.write(talk, np.concatenate([part for audio, _ in turns for part in (audio, pause)]), turns[0][1])
     calls = [
         ("cache", "preprocess", ["--regenerate_full_cache", "--multi_threading", "--audio_dir", str(corpus.parent),
                                  "--cache_output_dir", cache]),
@@ -78,6 +84,9 @@ def plain_run(tmp_path_factory, vctk_corpus):
         ("files", "comp_cos", ["--files", *files[:2], "--json"]),
         ("enrol", "identify", ["--enroll", str(corpus), "--output", str(work / "enrolment.npz")]),
         ("identify", "identify", ["--enrolment", str(work / "enrolment.npz"), "--files", files[0], "--json"]),
+        ("diarize", "diarize", [str(talk), "--rttm", str(work / "rttm"), "--enrolment", str(work / "enrolment.npz"),
+                                "--json"]),
+        ("plot", "diarize", [str(talk), "--plot", str(work / "plots")]),
         ("train", "train_cli", ["--loss_on_softmax", "--cache_output_dir", cache]),
         ("export", "export_model", ["--output_dir", str(work / "export")]),
         ("keras", "comp_cos", ["--files", *files[:2], "--runtime", "keras"]),
@@ -114,6 +123,18 @@ def test_scoring_and_identification_work_in_onnx_runtime(plain_run):
     assert json.loads(results["identify"][1])["results"][0]["speaker"] == "p225"
 
 
+def test_diarization_works_with_its_plda_and_names(plain_run):
+    results, work, _ = plain_run
+    code, out, err = results["diarize"]
+    assert code == 0, err
+    found = json.loads(out)["results"][0]
+    # p225 is named (enrolled from these files); p226's one second of speech is named or stays numbered,
+    # never given another enrolled name.
+    assert found["reason"] == "" and found["speakers"][0] == "p225", found["segments"]
+    assert found["num_speakers"] == 2 and found["speakers"][1] in ("p226", "speaker_1"), found["segments"]
+    assert (work / "rttm" / "talk.rttm").read_text().startswith("SPEAKER talk 1 ")
+
+
 def test_the_embeddings_are_the_keras_ones(plain_run):
     """get_emb.py without TensorFlow gives, to a cosine of 0.9999, what Keras gives here."""
     from deep_speaker.encoder import SpeakerEncoder
@@ -126,11 +147,11 @@ def test_the_embeddings_are_the_keras_ones(plain_run):
 
 
 @pytest.mark.parametrize("label, extra", [("train", "train"), ("export", "train"), ("keras", "train"),
-                                          ("evaluate", "eval")])
+                                          ("evaluate", "eval"), ("plot", "eval")])
 def test_what_needs_an_extra_says_which_in_one_line(plain_run, label, extra):
     results, work, _ = plain_run
     code, _, err = results[label]
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, err
     assert lines[0].startswith("error: ") and lines[0].endswith(f'pip install "deep-speaker[{extra}]"'), lines[0]
-    assert not (work / "export").exists() and not (work / "eval").exists()
+    assert not (work / "export").exists() and not (work / "eval").exists() and not (work / "plots").exists()

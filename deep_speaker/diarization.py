@@ -417,10 +417,10 @@ def plda_labels(embeddings: np.ndarray, stretches: np.ndarray, plda, settings: D
     (overlapping windows repeat each other's speech). More than MAX_CLUSTER_WINDOWS starting clusters: an
     evenly spread subset is merged and the others join the nearest result."""
     n = len(embeddings)
-    first = np.r_[0, np.flatnonzero(np.diff(stretches)) + 1]  # first window of each stretch
-    position = np.arange(n) - np.repeat(first, np.diff(np.r_[first, n]))
-    _, group = np.unique(first.searchsorted(np.arange(n), side="right") * (n + 1)
-                         + position // max(1, settings.plda_group_windows), return_inverse=True)
+    stretch = np.cumsum(np.r_[0, np.diff(stretches) != 0])  # 0, 0, 1, 1, 1, 2, ...: each window's stretch
+    first = np.flatnonzero(np.r_[True, np.diff(stretch) != 0])  # each stretch's first window
+    position = np.arange(n) - first[stretch]  # each window's place in its stretch
+    _, group = np.unique(stretch * (n + 1) + position // max(1, settings.plda_group_windows), return_inverse=True)
     projected = plda.project(embeddings)
     counts = np.bincount(group).astype(np.float64)
     totals = np.zeros((len(counts), plda.rank))

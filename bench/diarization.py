@@ -9,7 +9,7 @@ Sets (deep_speaker.conversations, deterministic by seed; 2-6 speakers each):
   the VAD, the windows and the clustering threshold were chosen on; never the test sets.
 
     python bench/diarization.py                      # DER tables of the test sets (count unknown, and given)
-    python bench/diarization.py --calibrate          # sweep the clustering threshold on the calibration sets
+    python bench/diarization.py --calibrate          # sweep plda_threshold (--sweep FIELD) on the calibration sets
     python bench/diarization.py --speed 10 60        # real-time factor and peak RSS of 10 and 60 min recordings
     python bench/diarization.py --fit_plda           # fit the PLDA beside the model (training speakers only)
     python bench/diarization.py --naming             # enrolled names right and wrong, by naming threshold

@@ -42,8 +42,8 @@ CORPORA = {  # name: (folder under the data root, file pattern, conversation rat
 SEEDS = {"test": 26, "calibration": 2026}  # one seed per kind of set
 # What the PLDA is fitted on: one-speaker files of every corpus's training speakers, except those of the
 # calibration conversations (so that the threshold calibrated there meets speakers the PLDA has not seen).
-PLDA_CORPORA = {"librispeech": ("librispeech/train-clean-100", "*.flac"), "speechocean762": ("speechocean762", "*.flac"),
-                "wuw2": ("wuw2", "*.ogg"), "speechcommands": ("speechcommands", "*.ogg"),
+PLDA_CORPORA = {**{name: (folder, pattern) for name, (folder, pattern, _) in CORPORA.items()},
+                "speechcommands": ("speechcommands", "*.ogg"),
                 "arabic-speech-commands": ("arabic-speech-commands", "*.ogg"),
                 "vctk-mini": ("vctk-mini/VCTK-Corpus/wav48", "*.wav")}
 PLDA_SECONDS = 60.0  # audio read per speaker (the first files, in order)
@@ -141,14 +141,11 @@ NAMING_THRESHOLDS = (0.383, 0.5, 0.55, 0.6, 0.65, 0.68, 0.72)
 def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test")) -> None:
     """How often enrolled names are right and wrong, by naming threshold: each conversation (count estimated)
     three times, with an enrolment of half its speakers (at random) and 10 other speakers of its pool, each
-    enrolled from their first file; a name is wrong when the speaker found is mostly someone else."""
+    enrolled from their first file; a name is wrong when the speaker found spoke mostly someone else's turns."""
     import numpy as np
 
-    from deep_speaker.diarization import (DiarizationSettings, _centroids, _stream_frames, cluster,
-                                          match_enrolled, model_plda, read_rttm)
-    from deep_speaker.long_audio import stream_audio
+    from deep_speaker.diarization import match_enrolled, read_rttm
 
-    settings = DiarizationSettings()
     for kind in kinds:
         cases = []
         for corpus in CORPORA:
@@ -158,22 +155,16 @@ def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "t
             rng = np.random.default_rng(1)
             for audio in sorted(build(data, work, kind, corpus, count, 0.0).glob("*.flac")):
                 reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
-                frames = _stream_frames(stream_audio(str(audio), encoder.config.sample_rate_hz), encoder.config,
-                                        settings, encoder._embedder.embed_batch, encoder.embedding_dim)
-                labels = cluster(frames.embeddings, frames.lengths.astype(float), settings, None, 1, None,
-                                 frames.stretches, model_plda(encoder))
-                truth = _window_speakers(frames, reference)
-                found = []
-                for c in range(int(labels.max()) + 1):
-                    said = [t for t in truth[labels == c] if t]
-                    found.append(max(set(said), key=said.count) if said else "")
-                centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(float))
+                result = encoder.diarize(audio)
+                found = [_mostly(result.segments, label, reference) for label in result.speakers]
                 speakers = sorted({label for _, _, label in reference})
                 for _ in range(3):
                     chosen = [s for s in speakers if rng.random() < 0.5]
                     others = [s for s in names if s not in speakers]
                     chosen += list(rng.choice(others, min(10, len(others)), replace=False))
-                    cases.append((centroids @ enrolled[[names.index(s) for s in chosen]].T, found, chosen))
+                    scores = np.stack([result.embeddings[label] for label in result.speakers]) @ \
+                        enrolled[[names.index(s) for s in chosen]].T
+                    cases.append((scores, found, chosen))
         for threshold in NAMING_THRESHOLDS:
             right = wrong = could = total = 0
             for scores, found, chosen in cases:
@@ -187,18 +178,13 @@ def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "t
                   flush=True)
 
 
-def _window_speakers(frames, reference) -> list:
-    """The reference speaker of most of each window's frames ('' where none)."""
-    import numpy as np
-
-    speaker = np.full(frames.num_frames, "", object)
-    for start, end, label in reference:
-        speaker[int(round(start * 100)):int(round(end * 100))] = label
-    out = []
-    for start, length in zip(frames.starts, frames.lengths):
-        said = [s for s in speaker[frames.speech_index[start:start + length]] if s]
-        out.append(max(set(said), key=said.count) if said else "")
-    return np.array(out, object)
+def _mostly(segments, label: str, reference) -> str:
+    """The reference speaker whose turns overlap most of the segments of `label`."""
+    overlap: dict[str, float] = {}
+    for start, end, _ in (segment for segment in segments if segment[2] == label):
+        for ref_start, ref_end, speaker in reference:
+            overlap[speaker] = overlap.get(speaker, 0.0) + max(0.0, min(end, ref_end) - max(start, ref_start))
+    return max(overlap, key=overlap.get) if overlap and max(overlap.values()) > 0 else ""
 
 
 def webrtc_speech_frames(mode: int):

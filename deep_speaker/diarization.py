@@ -711,9 +711,9 @@ def diarize_blocks(blocks: Iterable[np.ndarray], uri: str, encoder, *, num_speak
                      min_speakers or 1, max_speakers, frames.stretches, plda)
     compressed = frame_labels(frames, labels, settings)
     segments = _timeline_segments(frames, compressed, settings)
-    frames.embeddings = raw  # enrolled speakers are compared in the model's own space
-    names = _names(segments, frames, labels, encoder, enrolment, settings.naming_threshold)
+    # Each speaker's embedding, in the model's own space (what enrolled speakers are compared with).
     centroids = _centroids(raw, labels, frames.lengths.astype(np.float64)).astype(np.float32)
+    names = _names(segments, centroids, encoder, enrolment, settings.naming_threshold)
     embeddings = {names[c]: centroids[c] for c in dict.fromkeys(c for _, _, c in segments)}
     return Diarization(uri, [(s, e, names[c]) for s, e, c in segments], duration, "" if segments else
                        "no speech left after dropping speech islands shorter than "
@@ -759,9 +759,10 @@ def check_counts(num_speakers: int | None, min_speakers: int | None, max_speaker
         raise InputError(f"min_speakers {min_speakers} is more than max_speakers {max_speakers}")
 
 
-def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment, threshold: float) -> dict[int, str]:
+def _names(segments, centroids: np.ndarray, encoder, enrolment, threshold: float) -> dict[int, str]:
     """speaker_1.. in order of first appearance; enrolled names for clusters that match (cosine similarity of
-    the cluster's mean window embedding and the enrolled embedding at least `threshold`)."""
+    the cluster's mean window embedding, its row of `centroids`, and the enrolled embedding at least
+    `threshold`)."""
     order = list(dict.fromkeys(c for _, _, c in segments))
     names = {c: f"speaker_{i}" for i, c in enumerate(order, start=1)}
     if enrolment is None or not order:
@@ -769,8 +770,7 @@ def _names(segments, frames: _Frames, labels: np.ndarray, encoder, enrolment, th
     from deep_speaker.identification import enrolment_settings
 
     enrolment.check_compatible(encoder.model_identity, enrolment_settings(encoder.config))
-    centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))[order]
-    scores = centroids @ _unit(np.asarray(enrolment.embeddings, np.float64)).T  # (clusters, enrolled)
+    scores = centroids[order] @ _unit(np.asarray(enrolment.embeddings, np.float64)).T  # (clusters, enrolled)
     matched = match_enrolled(scores, threshold)
     for c, e in matched.items():
         names[order[c]] = enrolment.speakers[e]

@@ -26,11 +26,14 @@ class Server:
         self.port = free_ports(1)[0]
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"server-{self.port}.log"
+        # its temp files (uploads) under the test's folder: a killed server cannot clean up after itself
+        self.tmp = folder / f"tmp-{self.port}"
+        self.tmp.mkdir()
         command = [sys.executable, str(SERVE), "--database", database, "--port", str(self.port), "--workers", "1",
                    "--requests_per_minute", "100000", *flags]
         with open(self.log_path, "w") as log:  # cwd: no deep-speaker-data/checkpoints: the shipped model serves
             self.process = subprocess.Popen(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, env={**os.environ, "TMPDIR": str(self.tmp)})
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -166,6 +166,7 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
             problems = [entry for entry in driver.get_log("browser")
                         if entry["level"] == "SEVERE" and expected not in entry["message"]]
             assert problems == []
+            assert list(server.tmp.glob("deep-speaker-upload-*")) == []  # each removed after its request
         finally:
             driver.quit()
         assert "Traceback" not in server.log() and key not in server.log()

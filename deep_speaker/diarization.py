@@ -86,6 +86,9 @@ class DiarizationSettings:
     plda_group_windows: int = 4  # plda: runs of this many windows of a stretch of speech start as one cluster
     plda_window_weight: float = 1 / 3  # plda: evidence per window (1.5 s windows every 0.5 s: a third is new)
     kmeans_restarts: int = 20  # kmeans: seeded k-means++ starts, the best fit kept
+    # online (deep_speaker.online_diarization): a run of windows joins the likeliest speaker so far when "one
+    # speaker" is at least this (log) likely against "a new one"
+    online_threshold: float = 5.0
     threshold: float = 0.4  # ahc: cosine similarity at which agglomerative clustering stops merging
     prune: float = 0.2  # spectral: each window keeps its affinities to this share of the others, its nearest
     merge_threshold: float = 1.0  # clusters whose mean embeddings reach this cosine similarity are merged
@@ -187,9 +190,15 @@ def speech_frames(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Per 10 ms frame: speech by `deep_speaker.speech`'s rule, judged within this chunk of audio."""
     energy_db, flatness, peak_share = _frame_statistics(np.asarray(audio, np.float32), sample_rate)
     loud = energy_db > SPEECH_FLOOR_DBFS
-    if loud.any():
-        loud &= energy_db > np.percentile(energy_db[loud], 99) - SPEECH_RANGE_DB
-    return _in_runs(loud & (flatness < SPEECH_MAX_FLATNESS) & (peak_share < MAX_PEAK_SHARE), MIN_RUN_FRAMES)
+    reference = float(np.percentile(energy_db[loud], 99)) if loud.any() else 0.0
+    return _in_runs(speech_like(energy_db, flatness, peak_share, reference), MIN_RUN_FRAMES)
+
+
+def speech_like(energy_db: np.ndarray, flatness: np.ndarray, peak_share: np.ndarray, loud_db: float) -> np.ndarray:
+    """Frames that pass the speech rule before the run-length test: band energy above the floor and within
+    `SPEECH_RANGE_DB` of `loud_db` (the loud frames' level), not noise-like, not a pure tone."""
+    return ((energy_db > SPEECH_FLOOR_DBFS) & (energy_db > loud_db - SPEECH_RANGE_DB)
+            & (flatness < SPEECH_MAX_FLATNESS) & (peak_share < MAX_PEAK_SHARE))
 
 
 # --- streamed features and windows --------------------------------------------------------------
@@ -291,6 +300,23 @@ class _WindowStream:
     def finish(self) -> None:
         self.close_stretch()
         self._flush()
+
+    @property
+    def earliest_next_start(self) -> int:
+        """No window queued from now on starts before this compressed index: the grid has passed it, and the
+        open stretch's closing window ends at its end, a window's length on."""
+        end = self.offset + len(self.buffer)
+        return self.stretch_start if end - self.stretch_start < self.window else max(self.stretch_start,
+                                                                                     end - self.window)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The windows queued so far, embedded, as (starts, lengths, stretches, embeddings); forgotten here
+        (what the online diarizer keeps instead, so its memory does not grow with the stream)."""
+        self._flush()
+        taken = (np.asarray(self.starts, np.int64), np.asarray(self.lengths, np.int64),
+                 np.asarray(self.stretches, np.int64), self.embeddings())
+        self.starts, self.lengths, self.stretches, self.rows = [], [], [], []
+        return taken
 
     def embeddings(self) -> np.ndarray:
         return np.concatenate(self.rows) if self.rows else np.zeros((0, self.dim), np.float32)
@@ -619,34 +645,42 @@ def frame_labels(frames: _Frames, labels: np.ndarray, settings: DiarizationSetti
     """Label (0..k-1) of every speech frame on the compressed axis, -1 where no window covers it (the module's
     step 4). Computed in blocks of `LABEL_BLOCK_FRAMES`, with the context the smoothing needs, so its memory
     does not grow with the recording."""
-    k = int(labels.max()) + 1
     centroids = _centroids(frames.embeddings, labels, frames.lengths.astype(np.float64))
     scores = (frames.embeddings @ centroids.T).astype(np.float32)  # (windows, k)
     total = len(frames.speech_index)
     starts, ends = frames.starts, np.minimum(frames.starts + frames.lengths, total)
-    width = max(1, int(round(settings.smooth_s / FRAME_S)))
-    half = width // 2
     out = np.full(total, -1, np.int64)
     for first in range(0, total, LABEL_BLOCK_FRAMES):
         last = min(total, first + LABEL_BLOCK_FRAMES)
-        low, high = max(0, first - half - 1), min(total, last + width)  # the block and its smoothing context
-        inside = (starts < high) & (ends > low)
-        begin, finish = np.clip(starts[inside], low, high) - low, np.clip(ends[inside], low, high) - low
-        acc = np.zeros((high - low + 1, k), np.float64)
-        np.add.at(acc, begin, scores[inside])
-        np.add.at(acc, finish, -scores[inside])
-        count = np.zeros(high - low + 1)
-        np.add.at(count, begin, 1)
-        np.add.at(count, finish, -1)
-        covered = np.cumsum(count)[:high - low]
-        mean = np.cumsum(acc, axis=0)[:high - low] / np.maximum(covered, 1)[:, None]
-        if width > 1:  # moving average over `width` frames (edge values repeated at the recording's ends)
-            padded = np.pad(mean, ((half, width - 1 - half), (0, 0)), mode="edge")
-            cumulative = np.concatenate([np.zeros((1, k)), np.cumsum(padded, axis=0)])
-            mean = (cumulative[width:] - cumulative[:-width])[:high - low] / width
-        block = slice(first - low, last - low)
-        out[first:last] = np.where(covered[block] > 0, np.argmax(mean[block], axis=1), -1)
+        out[first:last] = smoothed_labels(starts, ends, scores, first, last, total, settings.smooth_s)
     return out
+
+
+def smoothed_labels(starts: np.ndarray, ends: np.ndarray, scores: np.ndarray, first: int, last: int, total: int,
+                    smooth_s: float) -> np.ndarray:
+    """Labels of speech frames first..last-1 (compressed axis; -1 where no window covers a frame): each frame's
+    mean score per speaker over the windows [starts, ends) covering it (`scores`: windows x speakers), averaged
+    over `smooth_s` (the edge values repeated at frame 0 and at `total`), the best speaker."""
+    k = scores.shape[1]
+    width = max(1, int(round(smooth_s / FRAME_S)))
+    half = width // 2
+    low, high = max(0, first - half - 1), min(total, last + width)  # the block and its smoothing context
+    inside = (starts < high) & (ends > low)
+    begin, finish = np.clip(starts[inside], low, high) - low, np.clip(ends[inside], low, high) - low
+    acc = np.zeros((high - low + 1, k), np.float64)
+    np.add.at(acc, begin, scores[inside])
+    np.add.at(acc, finish, -scores[inside])
+    count = np.zeros(high - low + 1)
+    np.add.at(count, begin, 1)
+    np.add.at(count, finish, -1)
+    covered = np.cumsum(count)[:high - low]
+    mean = np.cumsum(acc, axis=0)[:high - low] / np.maximum(covered, 1)[:, None]
+    if width > 1:  # moving average over `width` frames
+        padded = np.pad(mean, ((half, width - 1 - half), (0, 0)), mode="edge")
+        cumulative = np.concatenate([np.zeros((1, k)), np.cumsum(padded, axis=0)])
+        mean = (cumulative[width:] - cumulative[:-width])[:high - low] / width
+    block = slice(first - low, last - low)
+    return np.where(covered[block] > 0, np.argmax(mean[block], axis=1), -1)
 
 
 def _timeline_segments(frames: _Frames, compressed: np.ndarray, settings: DiarizationSettings

@@ -388,6 +388,25 @@ class SpeakerEncoder:
                               min_speakers=min_speakers, max_speakers=max_speakers, enrolment=enrolment,
                               settings=settings)
 
+    def diarize_stream(self, sample_rate: int | None = None, enrolment: Enrolment | PathLike | None = None, *,
+                       max_speakers: int | None = None, uri: str = "stream", settings=None):
+        """Online diarization (`deep_speaker.online_diarization.OnlineDiarizer`): push() blocks of samples at
+        `sample_rate` (default: the model's) as they arrive and get each turn once it is final; close() at
+        the end. Speakers are decided as they come, so the count is never given; max_speakers caps it."""
+        from deep_speaker.online_diarization import OnlineDiarizer
+
+        if enrolment is not None and not isinstance(enrolment, Enrolment):
+            enrolment = Enrolment.load(enrolment)
+        if enrolment is not None:
+            from deep_speaker.identification import enrolment_settings
+
+            enrolment.check_compatible(self.model_identity, enrolment_settings(self.config))
+        rate = int(sample_rate or self.config.sample_rate_hz)
+        if not MIN_INPUT_RATE_HZ <= rate <= MAX_INPUT_RATE_HZ:
+            raise AudioError(f"stream: sample rate {rate} Hz outside {MIN_INPUT_RATE_HZ}-{MAX_INPUT_RATE_HZ} Hz")
+        return OnlineDiarizer(self, sample_rate=rate, uri=uri, enrolment=enrolment, max_speakers=max_speakers,
+                              settings=settings)
+
     # --- internals ----------------------------------------------------------------------------------
 
     def _require(self, require_speech: bool | None) -> bool:

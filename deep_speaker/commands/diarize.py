@@ -2,6 +2,7 @@
 
     diarize.py meeting.wav [more files or globs] [--rttm OUT_DIR] [--num_speakers N | --min_speakers A
                --max_speakers B] [--enrolment enrolment.npz] [--plot OUT_DIR] [--json]
+    arecord -f S16_LE -r 16000 -c 1 | diarize.py --stream - --rate 16000   # online: turns as they end
 """
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def build_parser():
     p = parser("Speaker diarization: who spoke when in each recording. Prints each recording's turns (start, end, "
                "speaker), writes standard RTTM files with --rttm and timeline pictures with --plot. Speakers are "
                "speaker_1, speaker_2, ... in order of first appearance, or their enrolled names with --enrolment.")
-    p.add_argument("files", nargs="+", metavar="FILE|GLOB", help="recordings (any length, any rate from 8 kHz)")
+    p.add_argument("files", nargs="+", metavar="FILE|GLOB",
+                   help="recordings (any length, any rate from 8 kHz); with --stream, '-' is raw audio on stdin")
+    p.add_argument("--stream", action="store_true",
+                   help="online diarization: print each turn as soon as it is final (a few seconds after it ends), "
+                        "speakers decided as they come (docs/diarization.md, 'Online'); the count is never given")
+    p.add_argument("--rate", type=positive_int, default=16000,
+                   help="with --stream -: the sample rate of the raw signed 16-bit mono samples on stdin (16000)")
     p.add_argument("--rttm", metavar="OUT_DIR", help="write <name>.rttm per recording into this folder")
     count = p.add_mutually_exclusive_group()
     count.add_argument("--num_speakers", type=positive_int, default=None,
@@ -49,6 +56,10 @@ def _main(argv) -> int:
         p.error("--num_speakers goes alone, not with --min_speakers/--max_speakers")
     if args.min_speakers is not None and args.max_speakers is not None and args.min_speakers > args.max_speakers:
         p.error("--min_speakers is more than --max_speakers")
+    if args.stream and (args.num_speakers is not None or args.min_speakers is not None or args.plot):
+        p.error("--stream decides speakers as they come: no --num_speakers, --min_speakers or --plot")
+    if "-" in args.files and (not args.stream or len(args.files) > 1):
+        p.error("'-' (raw audio on stdin) goes alone, with --stream")
     setup_logging(args.verbose)
     if args.plot:
         from deep_speaker.extras import require_extra
@@ -63,7 +74,7 @@ def _main(argv) -> int:
     from deep_speaker.scoring import ScoringError
 
     enrolment = Enrolment.load(args.enrolment) if args.enrolment else None  # a bad file fails before the model loads
-    paths = expand_files(args.files)
+    paths = ["-"] if args.files == ["-"] else expand_files(args.files)
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     encoder = SpeakerEncoder(resolved.path, runtime=args.runtime)
     if not args.json:
@@ -75,8 +86,11 @@ def _main(argv) -> int:
     results, failed = [], []
     for path in paths:
         try:
-            result = encoder.diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
-                                     max_speakers=args.max_speakers, enrolment=enrolment)
+            if args.stream:
+                result = _diarize_online(encoder, path, args, enrolment)
+            else:
+                result = encoder.diarize(path, num_speakers=args.num_speakers, min_speakers=args.min_speakers,
+                                         max_speakers=args.max_speakers, enrolment=enrolment)
         except (AudioError, ScoringError, OSError) as error:
             reason = _one_line(error, path)
             failed.append((path, reason))
@@ -84,14 +98,14 @@ def _main(argv) -> int:
             continue
         written = []
         if args.rttm:
-            written.append(str(result.to_rttm(Path(args.rttm) / f"{Path(path).stem}.rttm")))
+            written.append(str(result.to_rttm(Path(args.rttm) / f"{result.uri if path == '-' else Path(path).stem}.rttm")))
         if args.plot:
             from deep_speaker.plots import plot_diarization
 
             written.append(str(plot_diarization(result, Path(args.plot) / f"{Path(path).stem}.png")))
         results.append((path, result, written))
         if not args.json:
-            _print(path, result, written)
+            _print(path, result, written, turns=not args.stream)
     if args.json:
         print(json.dumps({"model": str(resolved.path),
                           "results": [dict(file=path, **result.to_dict(), written=written)
@@ -102,13 +116,57 @@ def _main(argv) -> int:
     return 0
 
 
-def _print(path: str, result, written: list[str]) -> None:
+def _diarize_online(encoder, path: str, args, enrolment):
+    """A file or stdin through the online diarizer, each turn printed (a JSON line with --json) once final."""
+    from deep_speaker.long_audio import stream_audio
+
+    if path == "-":
+        stream = encoder.diarize_stream(args.rate, enrolment, max_speakers=args.max_speakers, uri="stdin")
+        blocks = _stdin_blocks(args.rate)
+    else:
+        rate = encoder.config.sample_rate_hz
+        stream = encoder.diarize_stream(rate, enrolment, max_speakers=args.max_speakers, uri=Path(path).stem)
+        blocks = stream_audio(path, rate)
+    if not args.json:
+        print(f"{path}: turns as they end (start, end, speaker):", flush=True)
+    try:
+        for block in blocks:
+            _print_turns(stream.push(block), args.json)
+    except KeyboardInterrupt:  # Ctrl-C ends a live stream: what was heard is still diarized
+        pass
+    _print_turns(stream.close(), args.json)
+    return stream.diarization()
+
+
+def _stdin_blocks(rate: int, seconds: float = 0.25):
+    """Raw signed 16-bit little-endian mono samples from stdin, as float32 blocks of `seconds`."""
+    import numpy as np
+
+    size = 2 * max(1, int(rate * seconds))
+    carry = b""
+    while True:
+        chunk = sys.stdin.buffer.read1(size) if hasattr(sys.stdin.buffer, "read1") else sys.stdin.buffer.read(size)
+        if not chunk:
+            return
+        data, carry = carry + chunk, b""
+        if len(data) % 2:
+            data, carry = data[:-1], data[-1:]
+        yield np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
+
+
+def _print_turns(turns, as_json: bool) -> None:
+    for start, end, label in turns:
+        print(json.dumps({"start": start, "end": end, "speaker": label}) if as_json
+              else f"  {start:9.2f} {end:9.2f}  {label}", flush=True)
+
+
+def _print(path: str, result, written: list[str], turns: bool = True) -> None:
     if not result.segments:
         print(f"{path}: no speakers: {result.reason}")
     else:
         print(f"{path}: {result.num_speakers} speaker(s) in {result.duration_s:.1f} s "
               f"({', '.join(result.speakers)})")
-        for start, end, label in result.segments:
+        for start, end, label in result.segments if turns else []:
             print(f"  {start:9.2f} {end:9.2f}  {label}")
     for item in written:
         print(f"  written {item}")

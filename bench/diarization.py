@@ -13,6 +13,8 @@ Sets (deep_speaker.conversations, deterministic by seed; 2-6 speakers each):
     python bench/diarization.py --speed 10 60        # real-time factor and peak RSS of 10 and 60 min recordings
     python bench/diarization.py --fit_plda           # fit the PLDA beside the model (training speakers only)
     python bench/diarization.py --naming             # enrolled names right and wrong, by naming threshold
+    python bench/diarization.py --online             # online diarization (diarize_stream): DER and latency
+    python bench/diarization.py --online --calibrate --sweep online_threshold --thresholds 0,5,10
 
 The conversations are written once under --work (default /tmp/deep-speaker-diarization) with their RTTMs, so
 `evaluate.py --diarization <work>/test-librispeech` scores the same files.
@@ -27,6 +29,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -76,22 +80,48 @@ def build(data: Path, work: Path, kind: str, corpus: str, count: int, overlap: f
     return folder
 
 
-def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bool = False) -> tuple[dict, float]:
+def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bool = False,
+                 online: bool = False) -> tuple[dict, float]:
+    """The set's figures (DiarizationScorer.total(); online: with the turns' latency) and its real-time factor."""
     from deep_speaker.diarization import read_rttm
     from deep_speaker.diarization_metrics import DiarizationScorer
 
     scorer = DiarizationScorer()
     seconds = elapsed = 0.0
+    latencies = []
     for audio in sorted(folder.glob("*.flac")):
         reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
         start = time.perf_counter()
-        result = encoder.diarize(audio, num_speakers=len({s for _, _, s in reference}) if given else None,
-                                 settings=settings)
+        if online:
+            result = diarize_online(encoder, audio, settings, latencies)
+        else:
+            result = encoder.diarize(audio, num_speakers=len({s for _, _, s in reference}) if given else None,
+                                     settings=settings)
         elapsed += time.perf_counter() - start
         seconds += result.duration_s
         hypothesis = [(s, e, "speech") for s, e, _ in result.segments] if vad_only else result.segments
         scorer.add(audio.stem, [(s, e, "speech") for s, e, _ in reference] if vad_only else reference, hypothesis)
-    return scorer.total(), elapsed / max(seconds, 1e-9)
+    total = scorer.total()
+    if latencies:
+        total["latency_s"] = {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90))}
+    return total, elapsed / max(seconds, 1e-9)
+
+
+ONLINE_BLOCK_S = 0.25  # what the online bench pushes at a time, as a live source delivers it
+
+
+def diarize_online(encoder, audio: Path, settings, latencies: list[float]):
+    """A file through SpeakerEncoder.diarize_stream in blocks of ONLINE_BLOCK_S; `latencies` gets, per turn
+    final before the end, the audio pushed after its end before it came."""
+    from deep_speaker.audio import read_audio
+
+    samples, rate = read_audio(audio)
+    stream = encoder.diarize_stream(rate, uri=audio.stem, settings=settings)
+    step = int(ONLINE_BLOCK_S * rate)
+    for start in range(0, len(samples), step):
+        latencies += [stream.seconds - end for _, end, _ in stream.push(samples[start:start + step])]
+    stream.close()
+    return stream.diarization()
 
 
 def fit_plda(data: Path, work: Path, encoder, count: int) -> None:
@@ -215,7 +245,10 @@ def table(rows: list[tuple[str, dict, float]]) -> str:
                      f"{100 * t['false_alarm']:.1f} % | {100 * t['confusion']:.1f} % | "
                      f"{100 * t['der_no_overlap']:.1f} % | {100 * t['jer']:.1f} % | "
                      f"{100 * t['count_accuracy']:.0f} % | {rtf:.3f} |")
-    return "\n".join(lines)
+    latency = [f"{name}: {t['latency_s']['median']:.1f} s (90 % within {t['latency_s']['p90']:.1f} s)"
+               for name, t, _ in rows if "latency_s" in t]
+    return "\n".join(lines + (["", "turn latency (audio after a turn's end before it is final), median:"]
+                              + latency if latency else []))
 
 
 def speed(minutes: list[float], work: Path) -> None:
@@ -273,6 +306,7 @@ def main() -> None:
     p.add_argument("--model", help="the model (.keras) to measure or fit the PLDA of (default: the shipped one)")
     p.add_argument("--fit_plda", action="store_true", help="fit the PLDA beside the model on training speakers")
     p.add_argument("--naming", action="store_true", help="enrolled names right and wrong, by naming threshold")
+    p.add_argument("--online", action="store_true", help="measure online diarization (diarize_stream) instead")
     args = p.parse_args()
 
     from deep_speaker import SpeakerEncoder
@@ -308,17 +342,17 @@ def main() -> None:
         folders = {c: build(data, work, "calibration", c, args.count, args.overlap) for c in corpora}
         for value in [float(t) for t in args.thresholds.split(",")]:
             settings = dataclasses.replace(base, **{args.sweep: value})
-            rows = [(f"calibration {c}", *score_folder(encoder, f, False, settings, args.vad_only))
+            rows = [(f"calibration {c}", *score_folder(encoder, f, False, settings, args.vad_only, args.online))
                     for c, f in folders.items()]
             print(f"\n{args.sweep} {value}\n{table(rows)}", flush=True)
         return
     rows = []
     for corpus in corpora:
         folder = build(data, work, "test", corpus, args.count, args.overlap)
-        for given in (False, True):
+        for given in (False,) if args.online else (False, True):
             name = f"{corpus}{' (overlap %g)' % args.overlap if args.overlap else ''}, " \
-                   f"{'num_speakers given' if given else 'count estimated'}"
-            rows.append((name, *score_folder(encoder, folder, given, base, args.vad_only)))
+                   f"{'online' if args.online else 'num_speakers given' if given else 'count estimated'}"
+            rows.append((name, *score_folder(encoder, folder, given, base, args.vad_only, args.online)))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
     print(table(rows))
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -84,7 +84,8 @@ def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bo
                  online: bool = False) -> tuple[dict, float]:
     """The set's figures (DiarizationScorer.total(); online: with the turns' latency) and its real-time factor."""
     from deep_speaker.diarization import read_rttm
-    from deep_speaker.diarization_metrics import DiarizationScorer
+    from deep_speaker.diarization_metrics import DiarizationScorer, latency_summary
+    from deep_speaker.online_diarization import diarize_file_online
 
     scorer = DiarizationScorer()
     seconds = elapsed = 0.0
@@ -93,7 +94,7 @@ def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bo
         reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
         start = time.perf_counter()
         if online:
-            result = diarize_online(encoder, audio, settings, latencies)
+            result = diarize_file_online(encoder, audio, settings=settings, latencies=latencies)
         else:
             result = encoder.diarize(audio, num_speakers=len({s for _, _, s in reference}) if given else None,
                                      settings=settings)
@@ -102,26 +103,9 @@ def score_folder(encoder, folder: Path, given: bool, settings=None, vad_only: bo
         hypothesis = [(s, e, "speech") for s, e, _ in result.segments] if vad_only else result.segments
         scorer.add(audio.stem, [(s, e, "speech") for s, e, _ in reference] if vad_only else reference, hypothesis)
     total = scorer.total()
-    if latencies:
-        total["latency_s"] = {"median": float(np.median(latencies)), "p90": float(np.percentile(latencies, 90))}
+    if online:
+        total["latency_s"] = latency_summary(latencies)
     return total, elapsed / max(seconds, 1e-9)
-
-
-ONLINE_BLOCK_S = 0.25  # what the online bench pushes at a time, as a live source delivers it
-
-
-def diarize_online(encoder, audio: Path, settings, latencies: list[float]):
-    """A file through SpeakerEncoder.diarize_stream in blocks of ONLINE_BLOCK_S; `latencies` gets, per turn
-    final before the end, the audio pushed after its end before it came."""
-    from deep_speaker.audio import read_audio
-
-    samples, rate = read_audio(audio)
-    stream = encoder.diarize_stream(rate, uri=audio.stem, settings=settings)
-    step = int(ONLINE_BLOCK_S * rate)
-    for start in range(0, len(samples), step):
-        latencies += [stream.seconds - end for _, end, _ in stream.push(samples[start:start + step])]
-    stream.close()
-    return stream.diarization()
 
 
 def fit_plda(data: Path, work: Path, encoder, count: int) -> None:
@@ -238,10 +222,12 @@ def webrtc_speech_frames(mode: int):
 
 
 def table(rows: list[tuple[str, dict, float]]) -> str:
-    lines = ["| set | files | DER | missed | false alarm | confusion | DER w/o overlap | JER | count right | RTF |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set | files | DER | 95 % interval | missed | false alarm | confusion | DER w/o overlap | JER | "
+             "count right | RTF |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, t, rtf in rows:
-        lines.append(f"| {name} | {t['files']} | {100 * t['der']:.1f} % | {100 * t['missed']:.1f} % | "
+        low, high = t["der_interval"]
+        lines.append(f"| {name} | {t['files']} | {100 * t['der']:.1f} % | {100 * low:.1f}-{100 * high:.1f} % | "
+                     f"{100 * t['missed']:.1f} % | "
                      f"{100 * t['false_alarm']:.1f} % | {100 * t['confusion']:.1f} % | "
                      f"{100 * t['der_no_overlap']:.1f} % | {100 * t['jer']:.1f} % | "
                      f"{100 * t['count_accuracy']:.0f} % | {rtf:.3f} |")

@@ -92,17 +92,33 @@ class DiarizationScorer:
                 "confusion": share(sum(f.confusion_s for f in self.files)),
                 "der_no_overlap": float(abs(self.der_no_overlap)), "jer": float(abs(self.jer)),
                 "count_accuracy": (sum(f.reference_speakers == f.hypothesis_speakers for f in self.files)
-                                   / len(self.files)) if self.files else 0.0}
+                                   / len(self.files)) if self.files else 0.0,
+                "der_interval": self.der_interval()}
+
+    def der_interval(self, resamples: int = 2000, seed: int = 0) -> list[float]:
+        """A 95 % bootstrap interval of the set's DER, files drawn with replacement (seeded): how much the
+        figure owes to which conversations happen to be in the set."""
+        import numpy as np
+
+        if not self.files:
+            return [0.0, 0.0]
+        errors = np.array([f.missed_s + f.false_alarm_s + f.confusion_s for f in self.files])
+        speech = np.array([f.speech_s for f in self.files])
+        draws = np.random.default_rng(seed).integers(0, len(self.files), (resamples, len(self.files)))
+        ders = errors[draws].sum(axis=1) / np.maximum(speech[draws].sum(axis=1), 1e-9)
+        return [round(float(v), 4) for v in np.percentile(ders, [2.5, 97.5])]
 
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
 
 
-def evaluate_folder(encoder, folder, output_dir, *, given_count: bool = False, plots: bool = True) -> dict:
+def evaluate_folder(encoder, folder, output_dir, *, given_count: bool = False, online: bool = False,
+                    plots: bool = True) -> dict:
     """Diarize every audio file of `folder` that has an RTTM beside it (`<name>.rttm`), score it against that
     reference, and write `output_dir/diarization.tsv` (one row per file), `diarization.json` (the totals
-    with and without the speaker count given) and, with `plots`, `<name>.png` timelines (reference lanes in
-    grey above the speakers found). A file that cannot be diarized is listed under "skipped"."""
+    with the speaker count estimated, given, and with `online` of the online diarizer, with its turns'
+    latency) and, with `plots`, `<name>.png` timelines (reference lanes in grey above the speakers found).
+    A file that cannot be diarized is listed under "skipped"."""
     import json
     from pathlib import Path
 
@@ -118,15 +134,18 @@ def evaluate_folder(encoder, folder, output_dir, *, given_count: bool = False, p
     if not pairs:
         raise InputError(f"{folder}: no audio file with an .rttm of the same name beside it")
     output_dir.mkdir(parents=True, exist_ok=True)
-    scorers = {"estimated": DiarizationScorer(), "given": DiarizationScorer()} if given_count else \
-        {"estimated": DiarizationScorer()}
-    rows, skipped = [], []
+    from deep_speaker.online_diarization import diarize_file_online
+
+    kinds = ["estimated"] + (["given"] if given_count else []) + (["online"] if online else [])
+    scorers = {kind: DiarizationScorer() for kind in kinds}
+    rows, skipped, latencies = [], [], []
     for audio, rttm in pairs:
         references = read_rttm(rttm)
         reference = references.get(audio.stem) or (next(iter(references.values())) if len(references) == 1 else [])
         speakers = len({label for _, _, label in reference})
         try:
-            results = {kind: encoder.diarize(audio, num_speakers=speakers if kind == "given" and speakers else None)
+            results = {kind: diarize_file_online(encoder, audio, latencies=latencies) if kind == "online" else
+                       encoder.diarize(audio, num_speakers=speakers if kind == "given" and speakers else None)
                        for kind in scorers}
         except (AudioError, ScoringError) as error:
             skipped.append({"file": str(audio), "reason": str(error)})
@@ -146,14 +165,29 @@ def evaluate_folder(encoder, folder, output_dir, *, given_count: bool = False, p
                       "".join("\t".join(str(row[c]) for c in columns) + "\n" for row in [dict(zip(columns, columns))] + rows))
     report = {"collar_s": COLLAR_S, "folder": str(folder), "skipped": skipped,
               **{kind: scorer.total() for kind, scorer in scorers.items()}}
+    if online:
+        report["online"]["latency_s"] = latency_summary(latencies)
     atomic_write_text(output_dir / "diarization.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
+def latency_summary(latencies: list[float]) -> dict:
+    """Median and 90th percentile of online turns' latency (seconds of audio after a turn's end before it came)."""
+    import numpy as np
+
+    if not latencies:
+        return {"median": None, "p90": None}
+    return {"median": round(float(np.median(latencies)), 2), "p90": round(float(np.percentile(latencies, 90)), 2)}
+
+
 def summary_line(kind: str, total: dict) -> str:
     """One line of evaluate.py --diarization's output."""
-    return (f"speakers {kind}: DER {100 * total['der']:.1f} % (missed {100 * total['missed']:.1f} %, false alarm "
+    latency = total.get("latency_s") or {}
+    label = {"online": "online (speakers decided as they come)"}.get(kind, f"speakers {kind}")
+    return (f"{label}: DER {100 * total['der']:.1f} % (missed {100 * total['missed']:.1f} %, false alarm "
             f"{100 * total['false_alarm']:.1f} %, confusion {100 * total['confusion']:.1f} %), without overlap "
             f"{100 * total['der_no_overlap']:.1f} %, JER {100 * total['jer']:.1f} %, speaker count right in "
             f"{100 * total['count_accuracy']:.0f} % of {total['files']} files ({total['speech_s']:.0f} s of speech; "
-            f"collar {COLLAR_S:g} s)")
+            f"collar {COLLAR_S:g} s)" + ("" if latency.get("median") is None else
+                                        f"; turns final {latency['median']:.1f} s after they end (median), 90 % "
+                                        f"within {latency['p90']:.1f} s"))

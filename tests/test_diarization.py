@@ -83,6 +83,10 @@ def test_a_real_conversation_is_diarized_with_a_low_error(encoder, conversation,
     assert score.der < 0.10, score.row()  # 2.6 % when measured
     total = scorer.total()
     assert total["count_accuracy"] == 1.0 and total["der"] == pytest.approx(score.der)
+    assert total["der_interval"] == pytest.approx([score.der] * 2, abs=1e-4)  # one file: nothing to resample
+    scorer.add("perfect", made.segments, made.segments)  # a second file without error widens the interval
+    low, high = scorer.total()["der_interval"]
+    assert low == 0.0 and high == pytest.approx(score.der, abs=1e-4) and low < scorer.total()["der"] < high
     # The count estimated (PLDA merging): these three speakers, though each has much more speech than the
     # calibration conversations' speakers (cosine clustering found 5 here, DER 16.8 %; docs/diarization.md).
     estimated = encoder.diarize(path)
@@ -232,13 +236,15 @@ def test_evaluate_scores_a_folder_of_recordings_with_rttms(conversation, tmp_pat
     from deep_speaker.commands import evaluate
 
     _, path = conversation
-    code = evaluate.main(["--diarization", str(path.parent), "--output_dir", str(tmp_path / "out")])
+    code = evaluate.main(["--diarization", str(path.parent), "--output_dir", str(tmp_path / "out"), "--online"])
     out = capsys.readouterr().out
     assert code == 0, out
     assert "speakers estimated: DER " in out and "speakers given: DER " in out and "JER" in out
+    assert "online (speakers decided as they come): DER " in out and "s after they end (median)" in out
     report = json.loads((tmp_path / "out" / "diarization.json").read_text())
     assert report["given"]["count_accuracy"] == 1.0 and report["given"]["der"] < 0.10
     assert set(report["estimated"]) >= {"der", "missed", "false_alarm", "confusion", "der_no_overlap", "jer"}
+    assert report["online"]["der"] < 0.10 and 1.0 < report["online"]["latency_s"]["median"] < 8.0
     rows = (tmp_path / "out" / "diarization.tsv").read_text().splitlines()
-    assert rows[0].split("\t")[:3] == ["count", "file", "speakers"] and len(rows) == 3
+    assert rows[0].split("\t")[:3] == ["count", "file", "speakers"] and len(rows) == 4
     assert (tmp_path / "out" / "talk.png").read_bytes()[:4] == b"\x89PNG"

@@ -126,7 +126,7 @@ def _diarize_online(encoder, path: str, args, enrolment):
     else:
         rate = encoder.config.sample_rate_hz
         stream = encoder.diarize_stream(rate, enrolment, max_speakers=args.max_speakers, uri=Path(path).stem)
-        blocks = stream_audio(path, rate)
+        blocks = stream_audio(path, rate)  # (blocks of 5 s: turns come as fast as the file is read)
     if not args.json:
         print(f"{path}: turns as they end (start, end, speaker):", flush=True)
     try:

@@ -15,6 +15,8 @@ def build_parser():
                              "(missed, false alarm, confusion; with and without overlap), JER and speaker-count "
                              "accuracy, with the count estimated and given; writes diarization.tsv/.json and "
                              "timeline PNGs")
+    p.add_argument("--online", action="store_true",
+                   help="with --diarization: also score online diarization (diarize.py --stream) and its latency")
     p.add_argument("--audio_root", default=".", help="with --trials: folder the trial paths are relative to")
     p.add_argument("--output_dir", required=True, help="where scores, metrics and plots are written")
     p.add_argument("--plot_embeddings", action="store_true", help="also a 2-D projection of the embeddings")
@@ -36,7 +38,10 @@ cli = quick_exit_entry_point(main)  # scripts and console entry points
 
 
 def _main(argv) -> int:
-    args = build_parser().parse_args(argv)
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.online and not args.diarization:
+        p.error("--online goes with --diarization")
     setup_logging(args.verbose)
     from deep_speaker.extras import require_extra
 
@@ -85,10 +90,10 @@ def _diarization(args) -> int:
     resolved = resolve_model(args.checkpoint, args.checkpoint_dir)
     encoder = SpeakerEncoder(resolved.path, runtime=args.runtime)
     print(resolved.line(encoder.runtime), flush=True)
-    report = evaluate_folder(encoder, args.diarization, args.output_dir, given_count=True)
+    report = evaluate_folder(encoder, args.diarization, args.output_dir, given_count=True, online=args.online)
     for item in report["skipped"]:
         print(f"skipped {item['file']}: {item['reason']}")
-    for kind in ("estimated", "given"):
+    for kind in ("estimated", "given") + (("online",) if args.online else ()):
         print(summary_line(kind, report[kind]))
     print(f"per-file table in {args.output_dir}/diarization.tsv, timelines in {args.output_dir}/<name>.png")
     return 0

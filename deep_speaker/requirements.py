@@ -51,6 +51,7 @@ SERVE = (  # the speaker service (deep-speaker-serve, deep_speaker.service): run
     "fastapi>=0.100",  # the first FastAPI on Pydantic 2; the OpenAPI document is generated from the routes
     "starlette>=0.27",  # FastAPI's ASGI toolkit, imported for its HTTPException (what FastAPI 0.100 runs on)
     "uvicorn>=0.22",  # the ASGI server; 0.22 added timeout_graceful_shutdown, which bounds SIGTERM's wait
+    "wsproto>=1.2",  # uvicorn's WebSocket protocol (live diarization, /v1/diarize/stream); without one it refuses them
     "python-multipart>=0.0.13",  # multipart uploads (file, files); 0.0.13 installs the python_multipart module
     "sqlalchemy>=2.0",  # the enrolment store; 2.0 brought the postgresql+psycopg (psycopg 3) dialect
     "psycopg[binary]>=3.1",  # PostgreSQL URLs through SQLAlchemy's psycopg dialect; [binary] ships libpq

@@ -173,3 +173,51 @@ def test_the_page_enrols_and_identifies_in_headless_chromium(tmp_path, vctk_corp
     (tmp_path / "page.png").write_bytes(screenshot)
     if os.environ.get(SCREENSHOT_ENV):
         Path(os.environ[SCREENSHOT_ENV]).write_bytes(screenshot)
+
+
+def test_the_page_diarizes_the_microphone_live_in_headless_chromium(tmp_path, vctk_corpus):
+    """Live: Chromium's fake microphone plays a real conversation (p239, enrolled, and p225, not) in real time;
+    the page streams it over the WebSocket and draws the turns as they come; Stop ends the stream."""
+    need_chromium()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wav48 = vctk_corpus / "wav48"
+    if len(sorted((wav48 / "p239").glob("*.wav"))) < 5:
+        need_real_speech(f"{wav48}: p239 needs 5 recordings")
+    conversation, turns = talk(vctk_corpus, ["p225_004", "p239_004", "p225_002", "p239_005"], tmp_path / "talk.wav")
+    database = f"sqlite:///{tmp_path / 'speakers.db'}"
+    store = Store(database)
+    key = create_key(store, ["admin"], name="live page test").key
+    store.close()
+    with Server(database, tmp_path).wait_ready() as server:
+        import httpx
+
+        enrol = [wav48 / "p239" / f"p239_00{i}.wav" for i in (1, 2, 3)]  # not in the conversation
+        answer = httpx.post(f"{server.base}/v1/speakers/p239/enrol", headers={"Authorization": f"Bearer {key}"},
+                            files=[("files", (f.name, f.read_bytes(), "audio/wav")) for f in enrol], timeout=60)
+        assert answer.status_code == 201, answer.text
+        driver = browser(conversation)
+        try:
+            wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+            find = lambda id_: driver.find_element(By.ID, id_)  # noqa: E731
+            driver.get(f"{server.base}/")
+            find("key").send_keys(key)
+            find("live").click()
+            wait.until(lambda _: "listening" in find("live-state").text)
+            # The fake microphone plays the conversation in real time (and then loops): let it play once.
+            driver.execute_script(f"return new Promise(done => setTimeout(done, {int(1000 * turns[-1][1]) + 1500}))")
+            assert find("result").get_attribute("data-state") == "live", find("result").text
+            assert find("answer").text.startswith("now: ")
+            find("live").click()  # Stop
+            wait.until(lambda _: find("result").get_attribute("data-state") in ("done", "error"))
+            assert find("result").get_attribute("data-state") == "done", find("result").text
+            lanes = driver.execute_script("return Array.from(document.querySelectorAll('#timeline .lane'), "
+                                          "lane => lane.dataset.speaker)")
+            assert "p239" in lanes and len(lanes) >= 2, lanes  # the enrolled voice by name, the other numbered
+            assert find("live").text.endswith("Live: who is speaking?")
+            problems = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+            assert problems == []
+        finally:
+            driver.quit()
+    assert "live stream" not in server.log()  # no error or refusal logged

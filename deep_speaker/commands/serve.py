@@ -62,6 +62,10 @@ def serve_parser():
                    help="calls per API key and minute, 429 above")
     p.add_argument("--max_top_k", type=positive_int, default=limits.DEFAULT_MAX_TOP_K,
                    help="most matches identify returns")
+    p.add_argument("--max_streams", type=non_negative_int, default=limits.DEFAULT_MAX_STREAMS,
+                   help="live diarization streams (/v1/diarize/stream) at once; more are refused as busy")
+    p.add_argument("--max_stream_seconds", type=positive_float, default=limits.DEFAULT_MAX_STREAM_SECONDS,
+                   help="the most audio one live stream may send")
     p.add_argument("--keep_audio", action="store_true",
                    help="store each enrolment's recordings in the database (default: embeddings only)")
     p.add_argument("--graceful_timeout", type=positive_float, default=30.0,
@@ -229,7 +233,8 @@ def _serve(args) -> int:
         settings = ServiceSettings(max_upload_bytes=args.max_upload_bytes, max_audio_seconds=args.max_audio_seconds,
                                    max_files=args.max_files, requests_per_minute=args.requests_per_minute,
                                    workers=args.workers or 0, queue_size=args.queue_size, max_top_k=args.max_top_k,
-                                   keep_audio=args.keep_audio)
+                                   keep_audio=args.keep_audio, max_streams=args.max_streams,
+                                   max_stream_seconds=args.max_stream_seconds)
     except ValueError as error:
         raise CommandError(str(error)) from None
     try:

@@ -29,7 +29,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Optional
 
-from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Security, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Query, Request, Security, UploadFile, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deep_speaker.service.keys import allows, parse_key
+from deep_speaker.service.live import serve_stream
 from deep_speaker.service.pool import (NEEDS_MEANS, JobError, PoolFull, WorkerLost, diarize_job, embed_job,
                                        verify_job)
 from deep_speaker.service.server import Service
@@ -404,6 +405,15 @@ def create_app(service: Service | None) -> FastAPI:
                 "duration": result["duration_s"], "speech": result["speech_s"], "reason": result["reason"] or None}
 
     app.include_router(v1)
+
+    @app.websocket("/v1/diarize/stream")
+    async def diarize_stream(websocket: WebSocket):
+        """Live diarization (deep_speaker/service/live.py): key and settings first, then audio; turns back."""
+        service = websocket.app.state.service
+        if service is None:
+            await websocket.close(1013)
+            return
+        await serve_stream(websocket, service)
 
     def page_file(path: str, file: str, media_type: str) -> None:
         async def serve_file():

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from deep_speaker.service.keys import KeyChecker
+from deep_speaker.service.live import LiveStreams
 from deep_speaker.service.pool import ModelPool
 from deep_speaker.service.settings import ServiceSettings
 from deep_speaker.service.store import UNKNOWN, MeansSnapshot, ModelStamp, Store
@@ -110,6 +111,7 @@ class Service:
         self.failed_keys = RateLimiter(10)  # wrong secrets for a key id: past 10 a minute, no scrypt is run
         self._means = MeansSnapshot(-1)
         self._means_lock = threading.Lock()
+        self.live = LiveStreams(self, settings.max_streams, settings.max_stream_seconds)
 
     @classmethod
     def start(cls, database, settings: ServiceSettings | None = None, model: str | Path | None = None,

@@ -22,6 +22,8 @@ DEFAULT_MAX_FILES = 20  # recordings in one enrol request
 DEFAULT_REQUESTS_PER_MINUTE = 120  # per API key, in this server process
 DEFAULT_QUEUE_SIZE = 8  # requests that wait for a worker beyond the ones running; more get 503
 DEFAULT_MAX_TOP_K = 100  # most matches identify returns
+DEFAULT_MAX_STREAMS = 2  # live diarization streams at once (each takes about a hundredth of a core)
+DEFAULT_MAX_STREAM_SECONDS = 4 * 3600.0  # audio per live stream
 
 
 def default_model_workers() -> int:
@@ -44,6 +46,8 @@ class ServiceSettings:
       workers busy and the queue full gets 503 with Retry-After before its upload is read.
     max_top_k: the most matches `identify` returns.
     keep_audio: store each enrolment's uploaded recording in the database (off: only embeddings).
+    max_streams: live diarization streams (/v1/diarize/stream) at once; more are refused as busy.
+    max_stream_seconds: the most audio one live stream may send.
     """
 
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
@@ -54,17 +58,20 @@ class ServiceSettings:
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_top_k: int = DEFAULT_MAX_TOP_K
     keep_audio: bool = False
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_stream_seconds: float = DEFAULT_MAX_STREAM_SECONDS
 
     def __post_init__(self):
         if self.workers == 0:
             object.__setattr__(self, "workers", default_model_workers())
         for name, low in (("max_upload_bytes", 1), ("max_files", 1), ("requests_per_minute", 1), ("workers", 1),
-                          ("queue_size", 0), ("max_top_k", 1)):
+                          ("queue_size", 0), ("max_top_k", 1), ("max_streams", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be at least {low}, got {value!r}")
-        if not self.max_audio_seconds > 0:
-            raise ValueError(f"max_audio_seconds must be greater than 0, got {self.max_audio_seconds!r}")
+        for name in ("max_audio_seconds", "max_stream_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
 
     @property
     def capacity(self) -> int:

@@ -1,5 +1,6 @@
 // The page at "/" of the speaker service: plain JavaScript, no build step, no third-party code.
-// It calls the same API as any client (/readyz, /v1/...), with the key typed in the page.
+// It calls the same API as any client (/readyz, /v1/...), with the key typed in the page; live
+// diarization streams the microphone as 16-bit samples over the WebSocket /v1/diarize/stream.
 // Microphone recordings (MediaRecorder: WebM/Opus in Chrome, Ogg/Opus in Firefox, MP4 in Safari)
 // are decoded by the browser and sent as 16 kHz mono 16-bit WAV, which the service reads on any
 // install; chosen files are sent as they are (any format the service decodes).
@@ -368,3 +369,97 @@ $("list").addEventListener("click", () => run("listing", async () => {
   await listSpeakers(true);
   show("idle", element("span", "list refreshed", "muted"));
 }));
+
+// --- live: who is speaking, as it happens (WebSocket /v1/diarize/stream) ---------------------------
+
+let live = null;  // while streaming: {socket, media, context, processor, body, state}
+
+function liveView(body, now) {
+  const title = element("div", `Live: ${body.duration.toFixed(1)} s heard`, "muted");
+  const answer = element("div", now, "yes");
+  answer.id = "answer";
+  const note = element("div", `${body.segments.length} turn(s) final; ${body.speakers.length} speaker(s) so far`,
+                       "muted");
+  return body.segments.length ? [title, answer, note, timeline(body)] : [title, answer, note];
+}
+
+async function startLive() {
+  const key = $("key").value.trim();
+  if (!key) throw new PageError("Type an API key first (section 1).");
+  if (!navigator.mediaDevices || !window.WebSocket) throw new PageError("This browser cannot stream the microphone.");
+  let media;
+  try {
+    media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
+                                                                 noiseSuppression: false, autoGainControl: false } });
+  } catch (error) {
+    throw new PageError(`no microphone: ${error.message}`);
+  }
+  const context = new AudioContext({ sampleRate: WAV_RATE });  // the browser resamples the microphone
+  const source = context.createMediaStreamSource(media);
+  const processor = context.createScriptProcessor(4096, 1, 1);
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}/v1/diarize/stream`);
+  const body = { duration: 0, speakers: [], segments: [] };
+  live = { socket, media, context, processor, body, state: "opening" };
+  $("live").textContent = "\u25A0 Stop";
+  $("live").classList.add("recording");
+  show("busy", element("span", "live: connecting...", "muted"));
+  socket.onopen = () => socket.send(JSON.stringify({ key, sample_rate: context.sampleRate }));
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === "ready") {
+      live.state = "listening";
+      $("live-state").textContent = "live: listening (speak; Stop ends)";
+      show("live", ...liveView(body, "listening..."));
+    } else if (message.type === "turn") {
+      body.segments.push(message);
+      if (!body.speakers.includes(message.speaker)) body.speakers.push(message.speaker);
+      show("live", ...liveView(body, `now: ${message.speaker}`));
+    } else if (message.type === "current") {
+      show("live", ...liveView(body, `now: ${message.speaker}`));
+    } else if (message.type === "done") {
+      const answer = element("div", `${message.num_speakers} speaker(s)`, "yes");
+      answer.id = "answer";
+      const enrolled = message.speakers.filter((s) => !/^speaker_[0-9]+$/.test(s));
+      show("done", element("div", `Live: ${message.duration.toFixed(1)} s`, "muted"), answer,
+           element("div", `${body.segments.length} turn(s); ` +
+                          (enrolled.length ? `enrolled: ${enrolled.join(", ")}` : "nobody enrolled among them"),
+                   "muted"), ...(body.segments.length ? [timeline(body)] : []));
+    } else if (message.type === "error") {
+      showError(new PageError(`${message.error.code}: ${message.error.message}`));
+    }
+  };
+  socket.onclose = () => { if (live && live.socket === socket) stopLive(false); };
+  processor.onaudioprocess = (event) => {
+    if (!live || live.state !== "listening" || socket.readyState !== WebSocket.OPEN) return;
+    const samples = event.inputBuffer.getChannelData(0);
+    const pcm = new Int16Array(samples.length);
+    for (let i = 0; i < samples.length; i += 1) pcm[i] = Math.max(-1, Math.min(1, samples[i])) * 0x7fff;
+    socket.send(pcm.buffer);
+    body.duration += samples.length / context.sampleRate;
+  };
+  source.connect(processor);
+  processor.connect(context.destination);  // (a ScriptProcessor runs only when connected)
+}
+
+function stopLive(ask) {
+  const { socket, media, context, processor } = live;
+  if (ask && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "end" }));
+  live.state = "stopping";
+  processor.disconnect();
+  media.getTracks().forEach((track) => track.stop());
+  context.close();
+  live = null;
+  $("live").textContent = "\u25CF Live: who is speaking?";
+  $("live").classList.remove("recording");
+  $("live-state").textContent = "the microphone, diarized as you speak (turns a few seconds after they end)";
+}
+
+$("live").addEventListener("click", async () => {
+  if (live) { stopLive(true); return; }
+  try {
+    await startLive();
+  } catch (error) {
+    showError(error);
+  }
+});

@@ -41,6 +41,7 @@ from deep_speaker.speech import MIN_RUN_FRAMES, _frame_statistics, _in_runs
 
 PIECE_S = 0.5  # audio analysed at a time: frames, speech flags, windows, decisions
 LOUDNESS_MEMORY_S = 30.0  # a frame's loudness is judged against the loud frames of this much past audio
+NEW_SPEAKER = "(new speaker)"  # `current`'s label for a speaker not named yet (names come with final turns)
 FILE_BLOCK_S = 0.25  # a file diarized online is pushed in blocks of this much audio, as a live source sends it
 
 
@@ -112,11 +113,12 @@ class OnlineDiarizer:
 
     @property
     def current(self) -> tuple[float, str] | None:
-        """The turn in progress, provisionally: (start_s, speaker label so far), or None in a pause."""
-        run = self._tentative[-1] if self._tentative and self._run is None else self._run
+        """The latest turn not yet final, provisionally: (start_s, its speaker's name, or "(new speaker)" for
+        a speaker with no final turn yet); None when every turn heard is final."""
+        run = self._run if self._run is not None else (self._tentative[-1] if self._tentative else None)
         if run is None:
             return None
-        return round(run[0] * FRAME_S, 3), self._names.get(run[2], f"(new {run[2] + 1})")
+        return round(run[0] * FRAME_S, 3), self._names.get(run[2], NEW_SPEAKER)
 
     def push(self, samples: np.ndarray) -> list[tuple[float, float, str]]:
         """Feed mono samples at the stream's rate; returns the turns that became final, in order."""

@@ -48,6 +48,10 @@ def run_stream(encoder, audio: np.ndarray, rate: int, block_s: float, **kwargs):
     step = max(1, int(block_s * rate))
     for start in range(0, len(audio), step):
         came += [(turn, stream.seconds) for turn in stream.push(audio[start:start + step])]
+        current = stream.current  # the turn in progress: after the last final one, by a known or a new speaker
+        if current is not None and came:
+            assert current[0] >= came[-1][0][1] and (current[1] in {t[2] for t, _ in came} or
+                                                     current[1] == "(new speaker)"), (current, came[-1])
     came += [(turn, stream.seconds) for turn in stream.close()]
     return stream, came
 

@@ -36,7 +36,7 @@ from collections import deque
 import numpy as np
 
 from deep_speaker.diarization import (FRAME_S, SPEECH_FLOOR_DBFS, Diarization, DiarizationSettings, _unit,
-                                      _WindowStream, match_enrolled, model_plda, smoothed_labels, speech_like)
+                                      _WindowStream, model_plda, smoothed_labels, speech_like)
 from deep_speaker.speech import MIN_RUN_FRAMES, _frame_statistics, _in_runs
 
 PIECE_S = 0.5  # audio analysed at a time: frames, speech flags, windows, decisions
@@ -98,8 +98,13 @@ class OnlineDiarizer:
         # speech (pauses up to bridge_s) not yet final, and the final turns.
         self._run: list[int] | None = None
         self._tentative: list[list[int]] = []
+        self._island_start: int | None = None  # timeline frame where the current island began
         self._names: dict[int, str] = {}
         self._numbered = 0
+        # The enrolled speakers' unit embeddings, and which names are given.
+        self._enrolled = None if enrolment is None or not len(enrolment.speakers) else \
+            _unit(np.asarray(enrolment.embeddings, np.float32))
+        self._taken = np.zeros(0 if self._enrolled is None else len(self._enrolled), bool)
         self.turns: list[tuple[float, float, str]] = []
         self._closed = False
         self.samples_in = 0  # input samples pushed
@@ -265,19 +270,33 @@ class OnlineDiarizer:
     # --- 4. frames and turns -----------------------------------------------------------------------
 
     def _label(self, final: bool) -> None:
-        """Label the speech frames whose windows (and smoothing context) are all decided; make turns."""
+        """Label the speech frames whose windows (and smoothing context) are all decided; make turns.
+
+        Three axes meet here: timeline frames (10 ms of audio), compressed frames (the speech frames only,
+        numbered in order: what windows start and end on) and window rows. `_final` is the first compressed
+        frame not labelled yet, `_speech_index[0]` its timeline frame; `frontier` the first compressed frame
+        a window still to be decided (or to come) may cover."""
         undecided = self._w_speaker < 0
         frontier = self._total if final else min(
             self._windows.earliest_next_start, int(self._w_start[undecided].min()) if undecided.any() else self._total)
+        # The smoothing looks `ahead` frames forward; at the end, or in a pause long enough to end a stretch
+        # of speech, nothing more will come before the next speech, so the edge value stands in for it (a turn
+        # is then final during the pause, not when someone speaks again).
         width = max(1, int(round(self.settings.smooth_s / FRAME_S)))
-        last = frontier if final else frontier - (width - 1 - width // 2)
-        if last > self._final and len(self._sums):
-            decided = ~undecided
-            low = self._context_start  # frames before `_final` kept as the smoothing's context
-            scores = self._w_embedding[decided] @ _unit(self._sums).T
-            labels = smoothed_labels(self._w_start[decided] - low, self._w_end[decided] - low, scores,
-                                     self._final - low, last - low, frontier - low, self.settings.smooth_s)
-            self._turns(self._speech_index[:last - self._final], labels)
+        ahead = width - 1 - width // 2
+        paused = self._decided - 1 - self._last_speech > self._split_gap
+        last = frontier if final or (paused and frontier == self._total) else frontier - ahead
+        if last > self._final:
+            timeline = self._speech_index[:last - self._final]
+            if len(self._sums):
+                decided = ~undecided
+                low = self._context_start  # frames before `_final` kept as the smoothing's context
+                scores = self._w_embedding[decided] @ _unit(self._sums).T
+                labels = smoothed_labels(self._w_start[decided] - low, self._w_end[decided] - low, scores,
+                                         self._final - low, last - low, frontier - low, self.settings.smooth_s)
+            else:  # no window yet (speech too short for one): nobody to give these frames to
+                labels = np.full(len(timeline), -1, np.int64)
+            self._turns(timeline, labels)
             self._speech_index = self._speech_index[last - self._final:]
             self._final = last
             self._context_start = max(0, last - width)
@@ -322,6 +341,8 @@ class OnlineDiarizer:
         shortest = int(round(self.settings.min_turn_s / FRAME_S))
         island = self._tentative
         previous = island[-1] if island else None
+        if self._island_start is None:
+            self._island_start = run[0]
         if previous is not None and (run[1] - run[0] < shortest or previous[2] == run[2]):
             previous[1] = run[1]
         elif previous is not None and previous[1] - previous[0] < shortest:
@@ -329,9 +350,10 @@ class OnlineDiarizer:
         else:
             island.append(run)
         if island_ends:
-            if island[-1][1] - island[0][0] < int(round(self.settings.min_speech_s / FRAME_S)):
+            if island[-1][1] - self._island_start < int(round(self.settings.min_speech_s / FRAME_S)):
                 island.clear()
             self._emit(len(island))
+            self._island_start = None
         else:
             self._emit(len(island) - 1)
 
@@ -342,42 +364,20 @@ class OnlineDiarizer:
         del self._tentative[:count]
 
     def _name(self, speaker: int) -> str:
-        """A speaker's name, fixed at its first final turn: an enrolled name not yet given whose embedding
-        reaches naming_threshold with the speaker's mean embedding, else the next speaker_N."""
+        """A speaker's name, fixed at its first final turn: the enrolled name not yet given whose embedding
+        is most similar to the speaker's mean embedding, if it reaches naming_threshold; else the next
+        speaker_N. (One product with the enrolled matrix: cheap with thousands enrolled.)"""
         if speaker not in self._names:
             name = None
-            if self.enrolment is not None:
-                free = [i for i, s in enumerate(self.enrolment.speakers) if s not in self._names.values()]
-                if free:
-                    enrolled = _unit(np.asarray(self.enrolment.embeddings, np.float64)[free])
-                    match = match_enrolled((_unit(self._sums[speaker]) @ enrolled.T)[None, :],
-                                           self.settings.naming_threshold)
-                    if match:
-                        name = self.enrolment.speakers[free[match[0]]]
+            if self._enrolled is not None:
+                scores = self._enrolled @ _unit(self._sums[speaker]).astype(np.float32)
+                scores[self._taken] = -np.inf
+                best = int(np.argmax(scores))
+                if scores[best] >= self.settings.naming_threshold:
+                    name = self.enrolment.speakers[best]
+                    self._taken[best] = True
             if name is None:
                 self._numbered += 1
                 name = f"speaker_{self._numbered}"
             self._names[speaker] = name
         return self._names[speaker]
-
-
-def diarize_file_online(encoder, path, *, settings: DiarizationSettings | None = None, enrolment=None,
-                        max_speakers: int | None = None, latencies: list[float] | None = None) -> Diarization:
-    """A file through the online diarizer as a live source would deliver it (decoded and resampled as it
-    streams, in blocks of `FILE_BLOCK_S`); `latencies` gets, per turn final before the end, the seconds of
-    audio pushed after its end before it came."""
-    from pathlib import Path
-
-    from deep_speaker.long_audio import stream_audio
-
-    rate = encoder.config.sample_rate_hz
-    stream = encoder.diarize_stream(rate, enrolment, max_speakers=max_speakers, uri=Path(path).stem,
-                                    settings=settings)
-    step = int(FILE_BLOCK_S * rate)
-    for block in stream_audio(path, rate):
-        for start in range(0, len(block), step):
-            turns = stream.push(block[start:start + step])
-            if latencies is not None:
-                latencies += [stream.seconds - end for _, end, _ in turns]
-    stream.close()
-    return stream.diarization()

@@ -168,3 +168,18 @@ def test_without_a_plda_speakers_are_compared_by_cosine_and_capped(encoder, talk
     assert DiarizationScorer().add("talk", made.segments, stream.turns).der < 0.12  # 0.063 measured
     capped, _ = run_stream(encoder, made.audio, made.sample_rate, 1.0, max_speakers=2)
     assert capped.diarization().speakers == ["speaker_1", "speaker_2"]
+
+
+def test_a_turn_followed_by_silence_is_final_during_the_silence(encoder, utterances):
+    from deep_speaker.audio import read_audio
+
+    speech, rate = read_audio(utterances["19"][1])
+    stream = encoder.diarize_stream(sample_rate=rate)
+    came = []
+    audio = np.concatenate([speech, np.zeros(10 * rate, np.float32)])
+    for start in range(0, len(audio), rate // 2):
+        came += [(turn, stream.seconds) for turn in stream.push(audio[start:start + rate // 2])]
+    assert len(came) == 1 and stream.close() == []  # not held until someone speaks again, or the end
+    (start, end, label), pushed = came[0]
+    assert label == "speaker_1" and end == pytest.approx(len(speech) / rate, abs=0.5) and pushed - end < 3.0
+    assert stream.current is None

@@ -4,6 +4,7 @@ library's online diarizer, and the gates (key, scope, settings, streams, size) a
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -94,8 +95,9 @@ def refusal(client, start, headers=None, then: bytes | None = None) -> dict:
     with client.websocket_connect(PATH, headers=headers or {}) as socket:
         socket.send_text(start if isinstance(start, str) else json.dumps(start))
         message = socket.receive_json()
-        if message["type"] == "ready" and then is not None:
-            socket.send_bytes(then)
+        if message["type"] == "ready":  # past the gates: then bytes (or nothing) and what comes of them
+            if then is not None:
+                socket.send_bytes(then)
             message = socket.receive_json()
         with pytest.raises(WebSocketDisconnect):
             socket.receive_json()
@@ -134,3 +136,37 @@ def test_streams_are_bounded_in_number_and_length(client, keys, service):
         assert message["error"]["code"] == "upload_too_large" and "60 s" in message["error"]["message"]
     assert service.live.active == 0  # the place was given back
     assert refusal(client, {"key": keys["identify"]}, then=b"\x00" * ((1 << 20) + 2))["code"] == "bad_request"
+
+
+def test_wrong_secrets_are_throttled_as_on_http(client, keys, service):
+    from deep_speaker.service.keys import parse_key
+
+    key_id = parse_key(keys["identify"])[0]
+    wrong = keys["identify"][:-4] + ("aaaa" if not keys["identify"].endswith("aaaa") else "bbbb")
+    assert parse_key(wrong)[0] == key_id
+    for _ in range(10):
+        assert refusal(client, {"key": wrong})["code"] == "invalid_key"
+    assert not service.failed_keys.has_token(key_id)  # the WebSocket's guesses count as the HTTP API's do
+    # ... and past 10 wrong secrets a minute the right one is refused too, with no scrypt run (as on HTTP)
+    assert refusal(client, {"key": keys["identify"]})["code"] == "invalid_key"
+    service.failed_keys._buckets.clear()
+    assert client.get("/readyz", headers={"Authorization": f"Bearer {keys['identify']}"}).status_code == 200
+
+
+def test_an_idle_or_vanished_client_gives_its_place_back(client, keys, service, monkeypatch):
+    import deep_speaker.service.live as live
+
+    monkeypatch.setattr(live, "IDLE_TIMEOUT_S", 0.5)
+    idle = refusal(client, {"key": keys["identify"]})  # ready, then nothing sent
+    assert idle["code"] == "bad_request" and "nothing received for 0.5 s" in idle["message"]
+    assert service.live.active == 0
+    with client.websocket_connect(PATH) as socket:  # a client that goes away mid-stream
+        socket.send_text(json.dumps({"key": keys["identify"], "sample_rate": 16000}))
+        assert socket.receive_json()["type"] == "ready"
+        socket.send_bytes(np.zeros(16000, np.int16).tobytes())
+    deadline = time.monotonic() + 5
+    while service.live.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert service.live.active == 0
+    bounded = refusal(client, {"key": keys["identify"], "max_speakers": 21})
+    assert bounded["code"] == "bad_request" and "1-20" in bounded["message"]

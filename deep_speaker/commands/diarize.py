@@ -36,7 +36,9 @@ def build_parser():
                         "naming threshold (cosine 0.68, docs/diarization.md) takes its name")
     p.add_argument("--plot", metavar="OUT_DIR",
                    help="write <name>.png per recording: a timeline, one lane per speaker (needs the eval extra)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of prose")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of prose (with --stream: first one JSON line per turn, as "
+                        "each becomes final)")
     add_model_arguments(p)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -129,13 +131,22 @@ def _diarize_online(encoder, path: str, args, enrolment):
         blocks = stream_audio(path, rate)  # (blocks of 5 s: turns come as fast as the file is read)
     if not args.json:
         print(f"{path}: turns as they end (start, end, speaker):", flush=True)
-    try:
-        for block in blocks:
-            _print_turns(stream.push(block), args.json)
-    except KeyboardInterrupt:  # Ctrl-C ends a live stream: what was heard is still diarized
-        pass
+    for block in _until_interrupted(blocks):
+        _print_turns(stream.push(block), args.json)
     _print_turns(stream.close(), args.json)
     return stream.diarization()
+
+
+def _until_interrupted(blocks):
+    """The blocks, until they end or Ctrl-C comes while waiting for the next one (a live stream's usual end:
+    what was heard is still diarized). Ctrl-C during the work on a block stops the command as usual."""
+    blocks = iter(blocks)
+    while True:
+        try:
+            block = next(blocks)
+        except (StopIteration, KeyboardInterrupt):
+            return
+        yield block
 
 
 def _stdin_blocks(rate: int, seconds: float = 0.25):

@@ -246,7 +246,10 @@ def _serve(args) -> int:
              shown_url(service.store.url), settings.workers, settings.queue_size, settings.max_upload_bytes,
              settings.max_audio_seconds, settings.requests_per_minute,
              "; recordings kept" if settings.keep_audio else "")
+    from deep_speaker.service.live import MAX_MESSAGE_BYTES
+
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level="info",
+                            ws_max_size=MAX_MESSAGE_BYTES + 4096,  # a live stream's frames, not uvicorn's 16 MiB
                             timeout_graceful_shutdown=int(round(args.graceful_timeout)), lifespan="on")
     server = uvicorn.Server(config)
     server.run()

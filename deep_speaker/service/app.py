@@ -38,11 +38,11 @@ from fastapi.security import HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deep_speaker.service.keys import allows, parse_key
+from deep_speaker.service.keys import allows
 from deep_speaker.service.live import serve_stream
 from deep_speaker.service.pool import (NEEDS_MEANS, JobError, PoolFull, WorkerLost, diarize_job, embed_job,
                                        verify_job)
-from deep_speaker.service.server import Service
+from deep_speaker.service.server import KeyRefused, Service
 from deep_speaker.service.store import (DatabaseError, ModelMismatch, SpeakerExists, SpeakerNotFound, StoreError,
                                         check_name, check_speaker_id)
 
@@ -143,27 +143,10 @@ class Guard:
         if scheme.lower() != "bearer" or not key.strip():
             return _error_response(401, "missing_key", "this call needs an API key: send 'Authorization: Bearer <key>' "
                                                        "(make one with deep-speaker-serve keys create)", challenge)
-        key = key.strip()
-        parsed = parse_key(key)
-        if parsed is not None and not service.failed_keys.has_token(parsed[0]):
-            record = None  # too many wrong secrets for this key id lately: no scrypt for it now
-        else:
-            try:
-                record = await run_in_threadpool(service.keys.check, key)
-            except (SQLAlchemyError, DatabaseError) as error:  # out here, the app's handlers do not see it
-                log.error("database error while checking a key: %s", type(error).__name__)
-                return _error_response(503, "database_unavailable", "the database did not answer; retry later",
-                                       {"Retry-After": "5"})
-            if record is None and parsed is not None:
-                service.failed_keys.take(parsed[0])
-        if record is None:
-            return _error_response(401, "invalid_key", "the API key is not valid (unknown, revoked or mistyped)",
-                                   challenge)
-        wait = service.rate.take(record.id)
-        if wait > 0:
-            return _error_response(429, "rate_limited", f"over {service.settings.requests_per_minute} requests "
-                                                        f"per minute for this key; retry in {math.ceil(wait)} s",
-                                   {"Retry-After": str(math.ceil(wait))})
+        try:
+            record = await run_in_threadpool(service.authenticate, key.strip())
+        except KeyRefused as refused:
+            return _error_response(refused.status, refused.code, refused.message, refused.headers)
         scope.setdefault("state", {})["api_key"] = record
         length = headers.get(b"content-length", b"").strip()
         if length.isdigit() and int(length) > service.settings.max_upload_bytes:

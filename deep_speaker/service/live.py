@@ -15,8 +15,10 @@ The text ``{"type": "end"}`` ends the stream: the last turns, then ``{"type": "d
 "num_speakers": N, "duration": s, "speech": s}``, and the server closes the socket. An error is one
 ``{"type": "error", "error": {"code", "message"}}`` message (the codes of the HTTP API), then the close.
 
-The gates are the HTTP API's, in its order: a valid key (the ``identify`` scope, as POST /v1/diarize), the key's
-rate (one request per stream), then a place among ``max_streams`` live streams (``busy`` when none is left).
+The gates are the HTTP API's, in its order: a valid key (`Service.authenticate`, as for every HTTP call: wrong
+secrets throttled per key id), the key's rate (one request per stream), the ``identify`` scope (as POST
+/v1/diarize), then a place among ``max_streams`` live streams (``busy`` when none is left). A stream that sends
+nothing for ``IDLE_TIMEOUT_S`` is closed, so an idle client cannot keep a place.
 A stream runs `SpeakerEncoder.diarize_stream` in this server process, on a model it loads once for all
 streams (the same file and runtime as the workers), each push in a thread so the event loop never waits on
 it. Enrolled speakers are named as POST /v1/diarize names them, from the means at the stream's start.
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import threading
 from typing import Any
 
@@ -39,7 +40,9 @@ from deep_speaker.service.keys import allows
 log = logging.getLogger("deep_speaker.service")
 
 START_TIMEOUT_S = 10.0  # the first message (key and settings) must come within this
-MAX_MESSAGE_BYTES = 1 << 20  # one binary message: 32 s of 16 kHz audio
+IDLE_TIMEOUT_S = 30.0  # a stream that sends nothing for this long is closed (it would hold its place)
+MAX_START_CHARS = 4096  # the first message is a small JSON object
+MAX_MESSAGE_BYTES = 1 << 20  # one binary message: 32 s of 16 kHz audio (serve.py caps uvicorn's frames near it)
 SCOPE = "identify"  # the scope of POST /v1/diarize
 
 
@@ -57,7 +60,8 @@ class LiveStreams:
     def __init__(self, service, max_streams: int, max_seconds: float):
         self.service, self.max_streams, self.max_seconds = service, max_streams, max_seconds
         self.active = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the count (taken on the event loop: never held long)
+        self._loading = threading.Lock()  # the model's first load (seconds, in a thread)
         self._encoder = None
 
     def admit(self) -> bool:
@@ -73,7 +77,7 @@ class LiveStreams:
 
     def encoder(self):
         """The model, loaded once (in a thread: it takes a second) for every stream of this process."""
-        with self._lock:
+        with self._loading:
             if self._encoder is None:
                 from deep_speaker.encoder import SpeakerEncoder
 
@@ -90,13 +94,16 @@ async def serve_stream(websocket: WebSocket, service) -> None:
         start = await _start_message(websocket)
         await _check_key(websocket, service, start)
         rate, names, max_speakers = _stream_settings(start)
+        if streams.max_streams == 0:
+            raise StreamError("busy", "live streams are off on this server (--max_streams 0)", 1013)
         if not streams.admit():
             raise StreamError("busy", f"every live stream is taken ({streams.max_streams}, --max_streams); retry "
                                       "later", 1013)
         admitted = True
         encoder = await run_in_threadpool(streams.encoder)
         enrolment = await run_in_threadpool(_enrolment, service, encoder) if names else None
-        stream = encoder.diarize_stream(rate, enrolment, max_speakers=max_speakers, uri="live")
+        stream = await run_in_threadpool(lambda: encoder.diarize_stream(rate, enrolment, max_speakers=max_speakers,
+                                                                        uri="live"))
         await websocket.send_json({"type": "ready", "sample_rate": rate, "model_sha256": service.stamp.sha256,
                                    "named_from": len(enrolment.speakers) if enrolment is not None else 0})
         await _run(websocket, stream, rate, streams.max_seconds)
@@ -120,35 +127,38 @@ async def _start_message(websocket: WebSocket) -> dict[str, Any]:
         raise StreamError("bad_request", f"no start message within {START_TIMEOUT_S:g} s") from None
     except (KeyError, TypeError):  # a binary first message
         raise StreamError("bad_request", "the first message is JSON text: {\"key\", \"sample_rate\", ...}") from None
-    try:
-        start = json.loads(text)
-    except ValueError:
-        start = None
+    start = None
+    if len(text) <= MAX_START_CHARS:
+        try:
+            start = json.loads(text)
+        except (ValueError, RecursionError):
+            pass
     if not isinstance(start, dict):
         raise StreamError("bad_request", "the first message is a JSON object: {\"key\", \"sample_rate\", ...}")
     return start
 
 
 async def _check_key(websocket: WebSocket, service, start: dict[str, Any]) -> None:
-    """The HTTP API's gates: a valid key with the scope, within its rate."""
+    """The HTTP API's gates (`Service.authenticate`: a valid key, wrong secrets throttled, within its rate),
+    and the scope."""
+    from deep_speaker.service.server import KeyRefused
+
     scheme, _, header_key = websocket.headers.get("authorization", "").partition(" ")
     key = start.get("key") or (header_key.strip() if scheme.lower() == "bearer" else "")
     if not isinstance(key, str) or not key:
         raise StreamError("missing_key", "this stream needs an API key: send {\"key\": \"<key>\"} first, or "
                                          "'Authorization: Bearer <key>' with the handshake")
-    record = await run_in_threadpool(service.keys.check, key)
-    if record is None:
-        raise StreamError("invalid_key", "the API key is not valid (unknown, revoked or mistyped)")
+    try:
+        record = await run_in_threadpool(service.authenticate, key.strip())
+    except KeyRefused as refused:
+        raise StreamError(refused.code, refused.message, 1013 if refused.status in (429, 503) else 1008) from None
     if not allows(record.scopes, SCOPE):
         raise StreamError("forbidden", f"this key lacks the {SCOPE!r} scope (it has: {', '.join(record.scopes)})")
-    wait = service.rate.take(record.id)
-    if wait > 0:
-        raise StreamError("rate_limited", f"over {service.settings.requests_per_minute} requests per minute for "
-                                          f"this key; retry in {math.ceil(wait)} s", 1013)
 
 
 def _stream_settings(start: dict[str, Any]) -> tuple[int, bool, int | None]:
     from deep_speaker.audio import MAX_INPUT_RATE_HZ, MIN_INPUT_RATE_HZ
+    from deep_speaker.diarization import DiarizationSettings
 
     rate, names, max_speakers = start.get("sample_rate", 16000), start.get("names", True), start.get("max_speakers")
     if isinstance(rate, bool) or not isinstance(rate, int) or not MIN_INPUT_RATE_HZ <= rate <= MAX_INPUT_RATE_HZ:
@@ -156,9 +166,11 @@ def _stream_settings(start: dict[str, Any]) -> tuple[int, bool, int | None]:
                                          f"{MAX_INPUT_RATE_HZ}; got {rate!r}")
     if not isinstance(names, bool):
         raise StreamError("bad_request", f"names must be true or false; got {names!r}")
+    most = DiarizationSettings().max_speakers
     if max_speakers is not None and (isinstance(max_speakers, bool) or not isinstance(max_speakers, int)
-                                     or max_speakers < 1):
-        raise StreamError("bad_request", f"max_speakers must be a whole number from 1, or null; got {max_speakers!r}")
+                                     or not 1 <= max_speakers <= most):
+        raise StreamError("bad_request", f"max_speakers must be a whole number, 1-{most}, or null; got "
+                                         f"{max_speakers!r}")
     return rate, names, max_speakers
 
 
@@ -177,7 +189,11 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
     """Audio in, turns out, until the client ends the stream."""
     current = None
     while True:
-        message = await websocket.receive()
+        try:
+            message = await asyncio.wait_for(websocket.receive(), IDLE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StreamError("bad_request", f"nothing received for {IDLE_TIMEOUT_S:g} s: the stream is closed "
+                                             "(send {\"type\": \"end\"} to end one)") from None
         if message["type"] == "websocket.disconnect":
             return
         data, text = message.get("bytes"), message.get("text")
@@ -193,13 +209,14 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
             for start, end, speaker in turns:
                 await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
             now = stream.current
-            if now != current and now is not None:
-                await websocket.send_json({"type": "current", "start": now[0], "speaker": now[1]})
+            if now != current:  # the turn in progress, or none (null) once every turn heard is final
+                await websocket.send_json({"type": "current", "start": now[0] if now else None,
+                                           "speaker": now[1] if now else None})
             current = now
         elif text is not None:
             try:
-                kind = json.loads(text).get("type")
-            except (ValueError, AttributeError):
+                kind = json.loads(text).get("type") if len(text) <= MAX_START_CHARS else None
+            except (ValueError, AttributeError, RecursionError):
                 kind = None
             if kind != "end":
                 raise StreamError("bad_request", "a text message after the start is {\"type\": \"end\"}")

@@ -14,6 +14,8 @@ server or another process), which costs one indexed read per identify.
 """
 from __future__ import annotations
 
+import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from deep_speaker.service.keys import KeyChecker
+from deep_speaker.service.keys import KeyChecker, KeyRecord, parse_key
 from deep_speaker.service.live import LiveStreams
 from deep_speaker.service.pool import ModelPool
 from deep_speaker.service.settings import ServiceSettings
-from deep_speaker.service.store import UNKNOWN, MeansSnapshot, ModelStamp, Store
+from deep_speaker.service.store import UNKNOWN, DatabaseError, MeansSnapshot, ModelStamp, Store
+
+log = logging.getLogger("deep_speaker.service")
 
 _RESCORED = 16  # candidates beyond top_k re-scored in float64, against float32 rounding near ties
 
@@ -100,6 +104,14 @@ def identification(matches: list[Match], threshold: float | None) -> str:
     return matches[0].speaker
 
 
+class KeyRefused(Exception):
+    """A key that may not pass: the HTTP status, error code, one-line message and headers to answer with."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
 class Service:
     """The store, the pool and the limits of one server process."""
 
@@ -135,6 +147,35 @@ class Service:
             store.close()
             raise
         return service
+
+    def authenticate(self, key: str) -> KeyRecord:
+        """The key's record, for a key that is valid and within its rate; else KeyRefused (401, 429, or 503 when
+        the database does not answer). Past 10 wrong secrets a minute for a key id, no scrypt is run for it
+        (guessing is throttled). Blocking (scrypt, the database): call it in a thread. Every way in (the HTTP
+        gate and the live streams' WebSocket) passes here."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        parsed = parse_key(key)
+        if parsed is not None and not self.failed_keys.has_token(parsed[0]):
+            record = None  # too many wrong secrets for this key id lately
+        else:
+            try:
+                record = self.keys.check(key)
+            except (SQLAlchemyError, DatabaseError) as error:
+                log.error("database error while checking a key: %s", type(error).__name__)
+                raise KeyRefused(503, "database_unavailable", "the database did not answer; retry later",
+                                 {"Retry-After": "5"}) from None
+            if record is None and parsed is not None:
+                self.failed_keys.take(parsed[0])
+        if record is None:
+            raise KeyRefused(401, "invalid_key", "the API key is not valid (unknown, revoked or mistyped)",
+                             {"WWW-Authenticate": "Bearer"})
+        wait = self.rate.take(record.id)
+        if wait > 0:
+            raise KeyRefused(429, "rate_limited", f"over {self.settings.requests_per_minute} requests per minute "
+                                                  f"for this key; retry in {math.ceil(wait)} s",
+                             {"Retry-After": str(math.ceil(wait))})
+        return record
 
     def close(self) -> None:
         """Stop the workers once their jobs are done, then close the database."""

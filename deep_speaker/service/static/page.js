@@ -372,7 +372,8 @@ $("list").addEventListener("click", () => run("listing", async () => {
 
 // --- live: who is speaking, as it happens (WebSocket /v1/diarize/stream) ---------------------------
 
-let live = null;  // while streaming: {socket, media, context, processor, body, state}
+const LIVE_IDLE_TEXT = "the microphone, diarized as you speak (turns a few seconds after they end)";
+let live = null;  // the session while starting, streaming or stopping: one at a time
 
 function liveView(body, now) {
   const title = element("div", `Live: ${body.duration.toFixed(1)} s heard`, "muted");
@@ -383,41 +384,54 @@ function liveView(body, now) {
   return body.segments.length ? [title, answer, note, timeline(body)] : [title, answer, note];
 }
 
-async function startLive() {
+function liveButton(streaming) {
+  $("live").textContent = streaming ? "\u25A0 Stop" : "\u25CF Live: who is speaking?";
+  $("live").classList.toggle("recording", streaming);
+  if (!streaming) $("live-state").textContent = LIVE_IDLE_TEXT;
+}
+
+// Everything one live session holds; its handlers see only their own session, so a late message of an
+// old socket cannot touch a new one.
+async function startLive(session) {
   const key = $("key").value.trim();
   if (!key) throw new PageError("Type an API key first (section 1).");
   if (!navigator.mediaDevices || !window.WebSocket) throw new PageError("This browser cannot stream the microphone.");
-  let media;
   try {
-    media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
-                                                                 noiseSuppression: false, autoGainControl: false } });
+    session.media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false,
+                                                                         noiseSuppression: false,
+                                                                         autoGainControl: false } });
   } catch (error) {
     throw new PageError(`no microphone: ${error.message}`);
   }
-  const context = new AudioContext({ sampleRate: WAV_RATE });  // the browser resamples the microphone
-  const source = context.createMediaStreamSource(media);
-  const processor = context.createScriptProcessor(4096, 1, 1);
+  if (session.state === "stopping") { releaseAudio(session); return; }  // Stop while the browser asked
+  session.context = new AudioContext({ sampleRate: WAV_RATE });  // the browser resamples the microphone
+  const source = session.context.createMediaStreamSource(session.media);
+  session.processor = session.context.createScriptProcessor(4096, 1, 1);
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}/v1/diarize/stream`);
+  session.socket = socket;
   const body = { duration: 0, speakers: [], segments: [] };
-  live = { socket, media, context, processor, body, state: "opening" };
-  $("live").textContent = "\u25A0 Stop";
-  $("live").classList.add("recording");
+  let finished = false;  // "done" or "error" came
   show("busy", element("span", "live: connecting...", "muted"));
-  socket.onopen = () => socket.send(JSON.stringify({ key, sample_rate: context.sampleRate }));
+  socket.onopen = () => {
+    if (session.state === "stopping") { socket.close(); return; }  // Stop before the server answered
+    socket.send(JSON.stringify({ key, sample_rate: session.context.sampleRate }));
+  };
   socket.onmessage = (event) => {
     const message = JSON.parse(event.data);
     if (message.type === "ready") {
-      live.state = "listening";
+      if (session.state === "stopping") { socket.send(JSON.stringify({ type: "end" })); return; }
+      session.state = "listening";
       $("live-state").textContent = "live: listening (speak; Stop ends)";
       show("live", ...liveView(body, "listening..."));
     } else if (message.type === "turn") {
       body.segments.push(message);
       if (!body.speakers.includes(message.speaker)) body.speakers.push(message.speaker);
-      show("live", ...liveView(body, `now: ${message.speaker}`));
+      show(finished ? "done" : "live", ...liveView(body, `last: ${message.speaker}`));
     } else if (message.type === "current") {
-      show("live", ...liveView(body, `now: ${message.speaker}`));
+      show("live", ...liveView(body, message.speaker ? `now: ${message.speaker}` : "listening..."));
     } else if (message.type === "done") {
+      finished = true;
       const answer = element("div", `${message.num_speakers} speaker(s)`, "yes");
       answer.id = "answer";
       const enrolled = message.speakers.filter((s) => !/^speaker_[0-9]+$/.test(s));
@@ -426,40 +440,56 @@ async function startLive() {
                           (enrolled.length ? `enrolled: ${enrolled.join(", ")}` : "nobody enrolled among them"),
                    "muted"), ...(body.segments.length ? [timeline(body)] : []));
     } else if (message.type === "error") {
+      finished = true;
       showError(new PageError(`${message.error.code}: ${message.error.message}`));
     }
   };
-  socket.onclose = () => { if (live && live.socket === socket) stopLive(false); };
-  processor.onaudioprocess = (event) => {
-    if (!live || live.state !== "listening" || socket.readyState !== WebSocket.OPEN) return;
+  socket.onclose = (event) => {
+    if (!finished && session.state !== "stopping") {
+      showError(new PageError(`the live stream ended (${event.code}${event.reason ? `: ${event.reason}` : ""})`));
+    }
+    endSession(session);
+  };
+  session.processor.onaudioprocess = (event) => {
+    if (session.state !== "listening" || socket.readyState !== WebSocket.OPEN) return;
     const samples = event.inputBuffer.getChannelData(0);
     const pcm = new Int16Array(samples.length);
     for (let i = 0; i < samples.length; i += 1) pcm[i] = Math.max(-1, Math.min(1, samples[i])) * 0x7fff;
     socket.send(pcm.buffer);
-    body.duration += samples.length / context.sampleRate;
+    body.duration += samples.length / session.context.sampleRate;
   };
-  source.connect(processor);
-  processor.connect(context.destination);  // (a ScriptProcessor runs only when connected)
+  source.connect(session.processor);
+  session.processor.connect(session.context.destination);  // (a ScriptProcessor runs only when connected)
 }
 
-function stopLive(ask) {
-  const { socket, media, context, processor } = live;
-  if (ask && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "end" }));
-  live.state = "stopping";
-  processor.disconnect();
-  media.getTracks().forEach((track) => track.stop());
-  context.close();
-  live = null;
-  $("live").textContent = "\u25CF Live: who is speaking?";
-  $("live").classList.remove("recording");
-  $("live-state").textContent = "the microphone, diarized as you speak (turns a few seconds after they end)";
+function releaseAudio(session) {
+  if (session.processor) session.processor.disconnect();
+  if (session.media) session.media.getTracks().forEach((track) => track.stop());
+  if (session.context && session.context.state !== "closed") session.context.close();
+}
+
+function stopLive(session) {  // Stop: the microphone off now; the server's last turns and "done" still come
+  session.state = "stopping";
+  releaseAudio(session);
+  const socket = session.socket;
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ type: "end" }));
+  endSession(session);
+}
+
+function endSession(session) {
+  releaseAudio(session);
+  if (live === session) { live = null; liveButton(false); }
 }
 
 $("live").addEventListener("click", async () => {
-  if (live) { stopLive(true); return; }
+  if (live) { stopLive(live); return; }
+  const session = { state: "starting" };  // set before any await: a second click stops it, not a second start
+  live = session;
+  liveButton(true);
   try {
-    await startLive();
+    await startLive(session);
   } catch (error) {
     showError(error);
+    endSession(session);
   }
 });

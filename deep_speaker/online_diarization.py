@@ -381,3 +381,25 @@ class OnlineDiarizer:
                 name = f"speaker_{self._numbered}"
             self._names[speaker] = name
         return self._names[speaker]
+
+
+def diarize_file_online(encoder, path, *, settings: DiarizationSettings | None = None, enrolment=None,
+                        max_speakers: int | None = None, latencies: list[float] | None = None) -> Diarization:
+    """A file through the online diarizer as a live source would deliver it (decoded and resampled as it
+    streams, in blocks of `FILE_BLOCK_S`); `latencies` gets, per turn final before the end, the seconds of
+    audio pushed after its end before it came."""
+    from pathlib import Path
+
+    from deep_speaker.long_audio import stream_audio
+
+    rate = encoder.config.sample_rate_hz
+    stream = encoder.diarize_stream(rate, enrolment, max_speakers=max_speakers, uri=Path(path).stem,
+                                    settings=settings)
+    step = int(FILE_BLOCK_S * rate)
+    for block in stream_audio(path, rate):
+        for start in range(0, len(block), step):
+            turns = stream.push(block[start:start + step])
+            if latencies is not None:
+                latencies += [stream.seconds - end for _, end, _ in turns]
+    stream.close()
+    return stream.diarization()

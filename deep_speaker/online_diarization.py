@@ -23,7 +23,7 @@ The steps are the offline ones (`deep_speaker.diarization`) made causal:
    `min_turn_s` joined to their neighbour) and a turn is final when the next one has begun or a pause
    longer than `bridge_s` follows it.
 
-A turn therefore comes a few seconds after it ends (`latency` in docs/diarization.md). Names are fixed
+A turn therefore comes a second or a few after it ends (latency in docs/diarization.md). Names are fixed
 when a speaker's first turn is final: its enrolled name when its mean embedding then reaches
 `naming_threshold` with an enrolled speaker, else speaker_1, speaker_2, ... in order. The result depends
 on the audio only, not on the sizes of the blocks pushed. Memory is bounded: per speaker a few kB, and only

@@ -21,7 +21,7 @@ def build_parser():
     p.add_argument("files", nargs="+", metavar="FILE|GLOB",
                    help="recordings (any length, any rate from 8 kHz); with --stream, '-' is raw audio on stdin")
     p.add_argument("--stream", action="store_true",
-                   help="online diarization: print each turn as soon as it is final (a few seconds after it ends), "
+                   help="online diarization: print each turn as soon as it is final (a second or a few after it ends), "
                         "speakers decided as they come (docs/diarization.md, 'Online'); the count is never given")
     p.add_argument("--rate", type=positive_int, default=16000,
                    help="with --stream -: the sample rate of the raw signed 16-bit mono samples on stdin (16000)")

@@ -372,7 +372,7 @@ $("list").addEventListener("click", () => run("listing", async () => {
 
 // --- live: who is speaking, as it happens (WebSocket /v1/diarize/stream) ---------------------------
 
-const LIVE_IDLE_TEXT = "the microphone, diarized as you speak (turns a few seconds after they end)";
+const LIVE_IDLE_TEXT = "the microphone, diarized as you speak (each turn a second or a few after it ends)";
 let live = null;  // the session while starting, streaming or stopping: one at a time
 
 function liveView(body, now) {

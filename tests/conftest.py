@@ -63,6 +63,17 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def talkers(shared_data) -> dict[str, list[Path]]:
+    """The utterances of held-out LibriSpeech speakers 19, 26 and 27, who have many
+    (scripts/pretrained_heldout.txt): what the diarization tests build conversations of."""
+    root = shared_data / "librispeech" / "train-clean-100"
+    found = {s: sorted((root / s).rglob("*.flac")) for s in ("19", "26", "27")}
+    if any(len(files) < 20 for files in found.values()):
+        need_real_speech("the LibriSpeech speakers 19, 26, 27 are not all there")
+    return found
+
+
+@pytest.fixture(scope="session")
 def vctk_corpus(tmp_path_factory) -> Path:
     """A VCTK-Corpus folder in the 0.80 layout (``wav48/pNNN/pNNN_MMM.wav``, ``txt/``,
     ``speaker-info.txt``): ../shared/data/vctk-mini when present, else the vendored

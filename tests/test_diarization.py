@@ -18,7 +18,7 @@ from deep_speaker.diarization import (Diarization, DiarizationSettings, _stream_
                                       rttm_lines, write_rttm)
 from deep_speaker.errors import InputError
 
-SPEAKERS = ("19", "26", "27")  # held-out speakers with many utterances (scripts/pretrained_heldout.txt)
+SPEAKERS = ("19", "26", "27")  # held-out speakers with many talkers (scripts/pretrained_heldout.txt)
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +29,8 @@ def encoder():
 
 
 @pytest.fixture(scope="module")
-def utterances(shared_data) -> dict[str, list[Path]]:
-    root = shared_data / "librispeech" / "train-clean-100"
-    found = {s: sorted((root / s).rglob("*.flac")) for s in SPEAKERS}
-    if any(len(files) < 20 for files in found.values()):
-        pytest.skip("the LibriSpeech speakers 19, 26, 27 are not all there")
-    return found
-
-
-@pytest.fixture(scope="module")
-def conversation(utterances, tmp_path_factory) -> tuple[Conversation, Path]:
-    made = simulate("talk", {s: files[:8] for s, files in utterances.items()}, 16000, seed=3, max_seconds=45)
+def conversation(talkers, tmp_path_factory) -> tuple[Conversation, Path]:
+    made = simulate("talk", {s: files[:8] for s, files in talkers.items()}, 16000, seed=3, max_seconds=45)
     return made, made.write(tmp_path_factory.mktemp("conversation"))
 
 
@@ -56,9 +47,9 @@ def test_rttm_round_trip(tmp_path):
     assert rttm_lines("u", []) == []
 
 
-def test_conversations_are_deterministic_dialogues(utterances, conversation):
+def test_conversations_are_deterministic_dialogues(talkers, conversation):
     made, _ = conversation
-    again = simulate("talk", {s: files[:8] for s, files in utterances.items()}, 16000, seed=3, max_seconds=45)
+    again = simulate("talk", {s: files[:8] for s, files in talkers.items()}, 16000, seed=3, max_seconds=45)
     assert np.array_equal(made.audio, again.audio) and made.segments == again.segments
     assert set(made.speakers) == set(SPEAKERS)
     turns = [label for k, (_, _, label) in enumerate(made.segments)
@@ -67,7 +58,7 @@ def test_conversations_are_deterministic_dialogues(utterances, conversation):
     gaps = np.diff(np.ravel([(s, e) for s, e, _ in made.segments]))[1::2]
     assert gaps.min() > 0  # no overlap by default
     assert bridge(np.array([1, 0, 1], bool), 1, 1).all()
-    small = conversation_set("set", {s: f[:2] for s, f in utterances.items()}, 2, 8000, seed=1, max_speakers=3)
+    small = conversation_set("set", {s: f[:2] for s, f in talkers.items()}, 2, 8000, seed=1, max_speakers=3)
     assert [c.name for c in small] == ["set-000", "set-001"] and all(2 <= len(c.speakers) <= 3 for c in small)
 
 
@@ -119,9 +110,9 @@ def test_no_speech_gives_an_empty_diarization_with_the_reason(encoder, synth_aud
         assert result.to_dict()["reason"] == result.reason
 
 
-def test_enrolled_speakers_are_named(encoder, utterances, conversation):
+def test_enrolled_speakers_are_named(encoder, talkers, conversation):
     made, path = conversation
-    enrolment = encoder.enroll({s: utterances[s][10:16] for s in ("19", "27")})  # other utterances than talk's
+    enrolment = encoder.enroll({s: talkers[s][10:16] for s in ("19", "27")})  # other talkers than talk's
     named = encoder.diarize(path, num_speakers=3, enrolment=enrolment)
     assert {"19", "27"} <= set(named.speakers), named.speakers
     assert [s for s in named.speakers if s not in ("19", "27")] == ["speaker_1"]  # speaker 26 stays numbered
@@ -205,14 +196,14 @@ def test_the_timeline_picture(conversation, tmp_path):
     assert empty.stat().st_size > 0
 
 
-def test_memory_does_not_grow_with_the_recording(utterances, encoder):
+def test_memory_does_not_grow_with_the_recording(talkers, encoder):
     """Streamed in blocks, 8 minutes peak at what 2 minutes do, but for the per-window embeddings and
     per-frame flags kept (the audio itself would take 4 times more)."""
     import soundfile
 
     from deep_speaker.audio import resample
 
-    speech, rate = soundfile.read(utterances["19"][0], dtype="float32")
+    speech, rate = soundfile.read(talkers["19"][0], dtype="float32")
     block = np.concatenate([resample(speech, rate, 8000), np.zeros(4000, np.float32)])
     dim = encoder.embedding_dim
 

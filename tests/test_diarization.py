@@ -18,7 +18,7 @@ from deep_speaker.diarization import (Diarization, DiarizationSettings, _stream_
                                       rttm_lines, write_rttm)
 from deep_speaker.errors import InputError
 
-SPEAKERS = ("19", "26", "27")  # held-out speakers with many talkers (scripts/pretrained_heldout.txt)
+SPEAKERS = ("19", "26", "27")  # the `talkers` fixture's held-out speakers (scripts/pretrained_heldout.txt)
 
 
 @pytest.fixture(scope="module")

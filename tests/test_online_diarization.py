@@ -17,7 +17,6 @@ from deep_speaker.conversations import simulate
 from deep_speaker.diarization import read_rttm
 
 
-
 @pytest.fixture(scope="module")
 def encoder():
     from deep_speaker import SpeakerEncoder

@@ -14,6 +14,7 @@ Sets (deep_speaker.conversations, deterministic by seed; 2-6 speakers each):
     python bench/diarization.py --fit_plda           # fit the PLDA beside the model (training speakers only)
     python bench/diarization.py --naming             # enrolled names right and wrong, by naming threshold
     python bench/diarization.py --online             # online diarization (diarize_stream): DER and latency
+    python bench/diarization.py --naming --online    # the online diarizer's enrolled names, right and wrong
     python bench/diarization.py --online --calibrate --sweep online_threshold --thresholds 0,5,10
 
 The conversations are written once under --work (default /tmp/deep-speaker-diarization) with their RTTMs, so
@@ -152,33 +153,45 @@ def fit_plda(data: Path, work: Path, encoder, count: int) -> None:
 NAMING_THRESHOLDS = (0.383, 0.5, 0.55, 0.6, 0.65, 0.68, 0.72)
 
 
-def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test")) -> None:
-    """How often enrolled names are right and wrong, by naming threshold: each conversation (count estimated)
-    three times, with an enrolment of half its speakers (at random) and 10 other speakers of its pool, each
-    enrolled from their first file; a name is wrong when the speaker found spoke mostly someone else's turns."""
+def naming_cases(data: Path, work: Path, encoder, count: int, kind: str):
+    """Each conversation of the kind's sets (count estimated) three times, with an enrolment of half its
+    speakers (at random) and 10 other speakers of its pool, each enrolled from their first file: yields
+    (conversation, its reference, the enrolled names, their embeddings)."""
     import numpy as np
 
-    from deep_speaker.diarization import match_enrolled, read_rttm
+    from deep_speaker.diarization import read_rttm
+
+    for corpus in CORPORA:
+        pool = speaker_pool(data, corpus, kind == "test")
+        names = sorted(pool)
+        enrolled = np.stack([encoder.embed_file(str(pool[name][0])) for name in names])
+        rng = np.random.default_rng(1)
+        for audio in sorted(build(data, work, kind, corpus, count, 0.0).glob("*.flac")):
+            reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
+            speakers = sorted({label for _, _, label in reference})
+            for _ in range(3):
+                chosen = [s for s in speakers if rng.random() < 0.5]
+                others = [s for s in names if s not in speakers]
+                chosen += list(rng.choice(others, min(10, len(others)), replace=False))
+                yield audio, reference, chosen, enrolled[[names.index(s) for s in chosen]]
+
+
+def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test")) -> None:
+    """How often enrolled names are right and wrong, by naming threshold (`naming_cases`); a name is wrong
+    when the speaker found spoke mostly someone else's turns."""
+    import numpy as np
+
+    from deep_speaker.diarization import match_enrolled
 
     for kind in kinds:
-        cases = []
-        for corpus in CORPORA:
-            pool = speaker_pool(data, corpus, kind == "test")
-            names = sorted(pool)
-            enrolled = np.stack([encoder.embed_file(str(pool[name][0])) for name in names])
-            rng = np.random.default_rng(1)
-            for audio in sorted(build(data, work, kind, corpus, count, 0.0).glob("*.flac")):
-                reference = read_rttm(audio.with_suffix(".rttm"))[audio.stem]
-                result = encoder.diarize(audio)
-                found = [_mostly(result.segments, label, reference) for label in result.speakers]
-                speakers = sorted({label for _, _, label in reference})
-                for _ in range(3):
-                    chosen = [s for s in speakers if rng.random() < 0.5]
-                    others = [s for s in names if s not in speakers]
-                    chosen += list(rng.choice(others, min(10, len(others)), replace=False))
-                    scores = np.stack([result.embeddings[label] for label in result.speakers]) @ \
-                        enrolled[[names.index(s) for s in chosen]].T
-                    cases.append((scores, found, chosen))
+        cases, results = [], {}
+        for audio, reference, chosen, embeddings in naming_cases(data, work, encoder, count, kind):
+            if audio not in results:
+                results[audio] = encoder.diarize(audio)
+            result = results[audio]
+            found = [_mostly(result.segments, label, reference) for label in result.speakers]
+            scores = np.stack([result.embeddings[label] for label in result.speakers]) @ embeddings.T
+            cases.append((scores, found, chosen))
         for threshold in NAMING_THRESHOLDS:
             right = wrong = could = total = 0
             for scores, found, chosen in cases:
@@ -190,6 +203,31 @@ def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "t
             print(f"{kind}, naming threshold {threshold}: enrolled speakers named {100 * right / could:.0f} % "
                   f"({right}/{could}); wrong names {100 * wrong / total:.1f} % of the {total} speakers found",
                   flush=True)
+
+
+def naming_online(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test"),
+                  settings=None) -> None:
+    """Enrolled names of the online diarizer, right and wrong, at the settings' online naming threshold: the
+    cases of `naming_cases`, each streamed with its enrolment (a name is fixed at the speaker's first final
+    turn)."""
+    from deep_speaker.identification import Enrolment, enrolment_settings
+    from deep_speaker.online_diarization import diarize_file_online
+
+    enrolled_with = enrolment_settings(encoder.config)
+    for kind in kinds:
+        right = wrong = could = total = 0
+        for audio, reference, chosen, embeddings in naming_cases(data, work, encoder, count, kind):
+            enrolment = Enrolment(list(chosen), embeddings, [1] * len(chosen), dict(encoder.model_identity),
+                                  enrolled_with)
+            result = diarize_file_online(encoder, audio, enrolment=enrolment, settings=settings)
+            for label in result.speakers:
+                found = _mostly(result.segments, label, reference)
+                total += 1
+                could += found in chosen
+                right += label == found
+                wrong += label in chosen and label != found
+        print(f"{kind}, online: enrolled speakers named {100 * right / could:.0f} % ({right}/{could}); wrong names "
+              f"{100 * wrong / total:.1f} % of the {total} speakers found", flush=True)
 
 
 def _mostly(segments, label: str, reference) -> str:
@@ -320,8 +358,14 @@ def main() -> None:
     if args.fit_plda:
         fit_plda(data, work, encoder, args.count)
         return
+    if args.naming and args.online and args.calibrate:  # sweep the online naming threshold (--thresholds)
+        for value in [float(t) for t in args.thresholds.split(",")]:
+            print(f"online_naming_threshold {value}", flush=True)
+            naming_online(data, work, encoder, args.count, ("calibration",),
+                          dataclasses.replace(base, online_naming_threshold=value))
+        return
     if args.naming:
-        naming(data, work, encoder, args.count)
+        (naming_online if args.online else naming)(data, work, encoder, args.count)
         return
     print(f"settings: {json.dumps(dataclasses.asdict(base))}", flush=True)
     if args.calibrate:

@@ -23,9 +23,11 @@ The steps are the offline ones (`deep_speaker.diarization`) made causal:
    `min_turn_s` joined to their neighbour) and a turn is final when the next one has begun or a pause
    longer than `bridge_s` follows it.
 
-A turn therefore comes a second or a few after it ends (latency in docs/diarization.md). Names are fixed
-when a speaker's first turn is final: its enrolled name when its mean embedding then reaches
-`naming_threshold` with an enrolled speaker, else speaker_1, speaker_2, ... in order. The result depends
+A turn therefore comes a second or a few after it ends (latency in docs/diarization.md). Turns carry
+speaker_1, speaker_2, ... (in order of first final turn), which never change. With an enrolment, a speaker
+is recognised once its mean embedding reaches `online_naming_threshold` with an enrolled speaker: that may
+be after its first turns, so the name comes as an event (`new_names()`, `names`), and `diarization()`
+gives the turns under the names. The result depends
 on the audio only, not on the sizes of the blocks pushed. Memory is bounded: per speaker a few kB, and only
 the windows and frames not yet final.
 """
@@ -36,7 +38,7 @@ from collections import deque
 import numpy as np
 
 from deep_speaker.diarization import (FRAME_S, SPEECH_FLOOR_DBFS, Diarization, DiarizationSettings, _unit,
-                                      _WindowStream, model_plda, smoothed_labels, speech_like)
+                                      _WindowStream, match_enrolled, model_plda, smoothed_labels, speech_like)
 from deep_speaker.speech import MIN_RUN_FRAMES, _frame_statistics, _in_runs
 
 PIECE_S = 0.5  # audio analysed at a time: frames, speech flags, windows, decisions
@@ -99,8 +101,9 @@ class OnlineDiarizer:
         self._run: list[int] | None = None
         self._tentative: list[list[int]] = []
         self._island_start: int | None = None  # timeline frame where the current island began
-        self._names: dict[int, str] = {}
-        self._numbered = 0
+        self._labels: dict[int, str] = {}  # speaker -> speaker_N, given at its first final turn
+        self._enrolled_names: dict[int, str] = {}  # speaker -> the enrolled name it was recognised as
+        self._announced: list[tuple[str, str]] = []  # (speaker_N, name) not yet returned by new_names()
         # The enrolled speakers' unit embeddings, and which names are given.
         self._enrolled = None if enrolment is None or not len(enrolment.speakers) else \
             _unit(np.asarray(enrolment.embeddings, np.float32))
@@ -123,7 +126,7 @@ class OnlineDiarizer:
         run = self._run if self._run is not None else (self._tentative[-1] if self._tentative else None)
         if run is None:
             return None
-        return round(run[0] * FRAME_S, 3), self._names.get(run[2], NEW_SPEAKER)
+        return round(run[0] * FRAME_S, 3), self._labels.get(run[2], NEW_SPEAKER)
 
     def push(self, samples: np.ndarray) -> list[tuple[float, float, str]]:
         """Feed mono samples at the stream's rate; returns the turns that became final, in order."""
@@ -162,13 +165,25 @@ class OnlineDiarizer:
         self._advance(final=True)
         return self.turns[done:]
 
+    @property
+    def names(self) -> dict[str, str]:
+        """{speaker_N: enrolled name} of the speakers recognised so far."""
+        return {self._labels[speaker]: name for speaker, name in self._enrolled_names.items()}
+
+    def new_names(self) -> list[tuple[str, str]]:
+        """The (speaker_N, enrolled name) pairs found since the last call, in order."""
+        found, self._announced = self._announced, []
+        return found
+
     def diarization(self) -> Diarization:
-        """The final turns so far as a `Diarization` (after close(): the whole stream's)."""
-        embeddings = {}
-        for speaker, name in self._names.items():
-            embeddings[name] = _unit(self._sums[speaker]).astype(np.float32)
+        """The final turns so far as a `Diarization` (after close(): the whole stream's), each recognised
+        speaker under its enrolled name."""
+        names = self.names
+        embeddings = {names.get(label, label): _unit(self._sums[speaker]).astype(np.float32)
+                      for speaker, label in self._labels.items()}
         reason = "" if self.turns else "no speech detected" + ("" if self._closed else " yet")
-        return Diarization(self.uri, list(self.turns), self._frame0 * FRAME_S, reason, self._total * FRAME_S,
+        return Diarization(self.uri, [(s, e, names.get(label, label)) for s, e, label in self.turns],
+                           self._frame0 * FRAME_S, reason, self._total * FRAME_S,
                            {**self.settings.__dict__, "online": True}, embeddings)
 
     # --- 1-2. frames, speech, windows ----------------------------------------------------------------
@@ -309,6 +324,7 @@ class OnlineDiarizer:
         bridge = int(round(self.settings.bridge_s / FRAME_S))
         if self._run is not None and (final or settled - self._run[1] > bridge):
             self._close_run(island_ends=True)
+        self._recognise()
 
     def _turns(self, timeline: np.ndarray, labels: np.ndarray) -> None:
         """Final labelled speech frames (timeline index, speaker; -1 where no window covers one) into runs of
@@ -364,24 +380,25 @@ class OnlineDiarizer:
         del self._tentative[:count]
 
     def _name(self, speaker: int) -> str:
-        """A speaker's name, fixed at its first final turn: the enrolled name not yet given whose embedding
-        is most similar to the speaker's mean embedding, if it reaches naming_threshold; else the next
-        speaker_N. (One product with the enrolled matrix: cheap with thousands enrolled.)"""
-        if speaker not in self._names:
-            name = None
-            if self._enrolled is not None:
-                scores = self._enrolled @ _unit(self._sums[speaker]).astype(np.float32)
-                scores[self._taken] = -np.inf
-                best = int(np.argmax(scores))
-                if scores[best] >= self.settings.naming_threshold:
-                    name = self.enrolment.speakers[best]
-                    self._taken[best] = True
-            if name is None:
-                self._numbered += 1
-                name = f"speaker_{self._numbered}"
-            self._names[speaker] = name
-        return self._names[speaker]
+        """A speaker's label, fixed at its first final turn: speaker_1, speaker_2, ... in that order."""
+        if speaker not in self._labels:
+            self._labels[speaker] = f"speaker_{len(self._labels) + 1}"
+        return self._labels[speaker]
 
+    def _recognise(self) -> None:
+        """Labelled speakers not yet recognised whose mean embedding now reaches online_naming_threshold with
+        an enrolled speaker not yet recognised take that name (the best pairs first); announced once, by
+        `new_names`. A name comes when the evidence is there, not necessarily with the first turn."""
+        waiting = [speaker for speaker in self._labels if speaker not in self._enrolled_names]
+        if self._enrolled is None or not waiting or self._taken.all():
+            return
+        scores = (_unit(self._sums[waiting]).astype(np.float32) @ self._enrolled.T)
+        scores[:, self._taken] = -np.inf
+        for row, column in match_enrolled(scores, self.settings.online_naming_threshold).items():
+            speaker, name = waiting[row], self.enrolment.speakers[column]
+            self._enrolled_names[speaker] = name
+            self._taken[column] = True
+            self._announced.append((self._labels[speaker], name))
 
 def diarize_file_online(encoder, path, *, settings: DiarizationSettings | None = None, enrolment=None,
                         max_speakers: int | None = None, latencies: list[float] | None = None) -> Diarization:

@@ -38,7 +38,7 @@ def build_parser():
                    help="write <name>.png per recording: a timeline, one lane per speaker (needs the eval extra)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of prose (with --stream: first one JSON line per turn, as "
-                        "each becomes final)")
+                        "each becomes final, and {speaker, name} when an enrolled speaker is recognised)")
     add_model_arguments(p)
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -133,7 +133,9 @@ def _diarize_online(encoder, path: str, args, enrolment):
         print(f"{path}: turns as they end (start, end, speaker):", flush=True)
     for block in _until_interrupted(blocks):
         _print_turns(stream.push(block), args.json)
+        _print_names(stream.new_names(), args.json)
     _print_turns(stream.close(), args.json)
+    _print_names(stream.new_names(), args.json)
     return stream.diarization()
 
 
@@ -169,6 +171,11 @@ def _print_turns(turns, as_json: bool) -> None:
     for start, end, label in turns:
         print(json.dumps({"start": start, "end": end, "speaker": label}) if as_json
               else f"  {start:9.2f} {end:9.2f}  {label}", flush=True)
+
+
+def _print_names(names, as_json: bool) -> None:
+    for label, name in names:  # an enrolled speaker recognised: its turns, past and to come, are this name's
+        print(json.dumps({"speaker": label, "name": name}) if as_json else f"  {label} is {name}", flush=True)
 
 
 def _print(path: str, result, written: list[str], turns: bool = True) -> None:

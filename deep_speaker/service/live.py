@@ -8,10 +8,11 @@ The client opens the socket and sends, as its first message, a JSON text::
 The server answers ``{"type": "ready", ...}``; then each binary message is raw signed 16-bit little-endian
 mono samples at that rate, and the server sends, as they become final::
 
-    {"type": "turn", "start": 3.2, "end": 7.9, "speaker": "alice"}
-    {"type": "current", "start": 8.4, "speaker": "speaker_1"}   # the turn in progress, when it changes
+    {"type": "turn", "start": 3.2, "end": 7.9, "speaker": "speaker_1"}
+    {"type": "current", "start": 8.4, "speaker": "speaker_2"}   # the turn in progress, when it changes
+    {"type": "name", "speaker": "speaker_1", "name": "alice"}   # an enrolled speaker recognised
 
-The text ``{"type": "end"}`` ends the stream: the last turns, then ``{"type": "done", "speakers": [...],
+The text ``{"type": "end"}`` ends the stream: the last turns and names, then ``{"type": "done", "speakers": [...],
 "num_speakers": N, "duration": s, "speech": s}``, and the server closes the socket. An error is one
 ``{"type": "error", "error": {"code", "message"}}`` message (the codes of the HTTP API), then the close.
 
@@ -208,6 +209,7 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
             turns = await run_in_threadpool(stream.push, samples)
             for start, end, speaker in turns:
                 await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
+            await _send_names(websocket, stream)
             now = stream.current
             if now != current:  # the turn in progress, or none (null) once every turn heard is final
                 await websocket.send_json({"type": "current", "start": now[0] if now else None,
@@ -222,12 +224,20 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
                 raise StreamError("bad_request", "a text message after the start is {\"type\": \"end\"}")
             for start, end, speaker in await run_in_threadpool(stream.close):
                 await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
+            await _send_names(websocket, stream)
             result = stream.diarization()
             await websocket.send_json({"type": "done", "speakers": result.speakers,
                                        "num_speakers": result.num_speakers, "duration": round(result.duration_s, 3),
                                        "speech": round(result.speech_s, 3), "reason": result.reason or None})
             await websocket.close(1000)
             return
+
+
+async def _send_names(websocket: WebSocket, stream) -> None:
+    """An enrolled speaker recognised: {"type": "name", "speaker": "speaker_2", "name": "alice"}; the turns
+    of speaker_2, those sent and those to come, are alice's."""
+    for label, name in stream.new_names():
+        await websocket.send_json({"type": "name", "speaker": label, "name": name})
 
 
 async def _refuse(websocket: WebSocket, error: StreamError) -> None:

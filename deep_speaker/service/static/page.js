@@ -411,6 +411,7 @@ async function startLive(session) {
   const socket = new WebSocket(`${scheme}://${location.host}/v1/diarize/stream`);
   session.socket = socket;
   const body = { duration: 0, speakers: [], segments: [] };
+  const names = {};      // speaker_N -> the enrolled name it was recognised as
   let finished = false;  // "done" or "error" came
   show("busy", element("span", "live: connecting...", "muted"));
   socket.onopen = () => {
@@ -425,11 +426,18 @@ async function startLive(session) {
       $("live-state").textContent = "live: listening (speak; Stop ends)";
       show("live", ...liveView(body, "listening..."));
     } else if (message.type === "turn") {
-      body.segments.push(message);
-      if (!body.speakers.includes(message.speaker)) body.speakers.push(message.speaker);
-      show(finished ? "done" : "live", ...liveView(body, `last: ${message.speaker}`));
+      const speaker = names[message.speaker] || message.speaker;
+      body.segments.push({ start: message.start, end: message.end, speaker });
+      if (!body.speakers.includes(speaker)) body.speakers.push(speaker);
+      show(finished ? "done" : "live", ...liveView(body, `last: ${speaker}`));
+    } else if (message.type === "name") {  // an enrolled speaker recognised: its lane takes the name
+      names[message.speaker] = message.name;
+      body.speakers = body.speakers.map((s) => (s === message.speaker ? message.name : s));
+      for (const segment of body.segments) if (segment.speaker === message.speaker) segment.speaker = message.name;
+      show(finished ? "done" : "live", ...liveView(body, `${message.speaker} is ${message.name}`));
     } else if (message.type === "current") {
-      show("live", ...liveView(body, message.speaker ? `now: ${message.speaker}` : "listening..."));
+      const speaker = message.speaker && (names[message.speaker] || message.speaker);
+      show("live", ...liveView(body, speaker ? `now: ${speaker}` : "listening..."));
     } else if (message.type === "done") {
       finished = true;
       const answer = element("div", `${message.num_speakers} speaker(s)`, "yes");

@@ -31,8 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
@@ -208,8 +206,7 @@ def naming(data: Path, work: Path, encoder, count: int, kinds=("calibration", "t
 def naming_online(data: Path, work: Path, encoder, count: int, kinds=("calibration", "test"),
                   settings=None) -> None:
     """Enrolled names of the online diarizer, right and wrong, at the settings' online naming threshold: the
-    cases of `naming_cases`, each streamed with its enrolment (a name is fixed at the speaker's first final
-    turn)."""
+    cases of `naming_cases`, each streamed with its enrolment (the names in its final `diarization()`)."""
     from deep_speaker.identification import Enrolment, enrolment_settings
     from deep_speaker.online_diarization import diarize_file_online
 

@@ -101,8 +101,9 @@ class DiarizationSettings:
     # enrolled embedding: under 1 % of names wrong on the calibration conversations (the model's verification
     # threshold, 0.38, gave 32 %; bench/diarization.py --naming)
     naming_threshold: float = 0.68
-    # Online, a name is given at a speaker's first final turn, from fewer windows: the same rule (under 1 %
-    # wrong names on the calibration conversations, bench/diarization.py --naming --online) asks more.
+    # Online, a speaker is recognised once its mean so far reaches this; an online speaker is less pure than
+    # an offline cluster, so the same rule (under 1 % wrong names on the calibration conversations,
+    # bench/diarization.py --naming --online) asks more.
     online_naming_threshold: float = 0.8
 
 

@@ -104,6 +104,7 @@ class OnlineDiarizer:
         self._labels: dict[int, str] = {}  # speaker -> speaker_N, given at its first final turn
         self._enrolled_names: dict[int, str] = {}  # speaker -> the enrolled name it was recognised as
         self._announced: list[tuple[str, str]] = []  # (speaker_N, name) not yet returned by new_names()
+        self._changed: set[int] = set()  # speakers whose evidence or label changed since the last _recognise
         # The enrolled speakers' unit embeddings, and which names are given.
         self._enrolled = None if enrolment is None or not len(enrolment.speakers) else \
             _unit(np.asarray(enrolment.embeddings, np.float32))
@@ -278,6 +279,7 @@ class OnlineDiarizer:
         return len(self._sums) - 1
 
     def _add_to(self, speaker: int, unit: np.ndarray, count: float, total: np.ndarray) -> None:
+        self._changed.add(speaker)
         self._sums[speaker] += unit.sum(axis=0)
         self._counts[speaker] += count
         self._totals[speaker] += total
@@ -374,7 +376,7 @@ class OnlineDiarizer:
             self._emit(len(island) - 1)
 
     def _emit(self, count: int) -> None:
-        """The island's first `count` turns become final (and their speakers get names)."""
+        """The island's first `count` turns become final (and their speakers get their speaker_N labels)."""
         for start, end, speaker in self._tentative[:count]:
             self.turns.append((round(start * FRAME_S, 3), round(end * FRAME_S, 3), self._name(speaker)))
         del self._tentative[:count]
@@ -383,13 +385,19 @@ class OnlineDiarizer:
         """A speaker's label, fixed at its first final turn: speaker_1, speaker_2, ... in that order."""
         if speaker not in self._labels:
             self._labels[speaker] = f"speaker_{len(self._labels) + 1}"
+            self._changed.add(speaker)
         return self._labels[speaker]
 
     def _recognise(self) -> None:
         """Labelled speakers not yet recognised whose mean embedding now reaches online_naming_threshold with
         an enrolled speaker not yet recognised take that name (the best pairs first); announced once, by
-        `new_names`. A name comes when the evidence is there, not necessarily with the first turn."""
-        waiting = [speaker for speaker in self._labels if speaker not in self._enrolled_names]
+        `new_names`. A name comes when the evidence is there, not necessarily with the first turn. Only the
+        speakers whose evidence grew (or who just got a label) are scored: the others' scores have not moved
+        and were under the threshold (names taken since only lower them), which keeps a large enrolment
+        off the hot path."""
+        waiting = [speaker for speaker in self._labels if speaker not in self._enrolled_names
+                   and speaker in self._changed]
+        self._changed.clear()
         if self._enrolled is None or not waiting or self._taken.all():
             return
         scores = (_unit(self._sums[waiting]).astype(np.float32) @ self._enrolled.T)
@@ -399,6 +407,7 @@ class OnlineDiarizer:
             self._enrolled_names[speaker] = name
             self._taken[column] = True
             self._announced.append((self._labels[speaker], name))
+
 
 def diarize_file_online(encoder, path, *, settings: DiarizationSettings | None = None, enrolment=None,
                         max_speakers: int | None = None, latencies: list[float] | None = None) -> Diarization:

@@ -33,7 +33,8 @@ def build_parser():
     p.add_argument("--max_speakers", type=positive_int, default=None, help="at most this many speakers")
     p.add_argument("--enrolment", metavar="ENROLMENT.npz",
                    help="an enrolment written by identify.py --enroll: a speaker that matches an enrolled one at the "
-                        "naming threshold (cosine 0.68, docs/diarization.md) takes its name")
+                        "naming threshold (cosine 0.68; 0.8 with --stream, where a name comes once the speaker is "
+                        "recognised; docs/diarization.md) takes its name")
     p.add_argument("--plot", metavar="OUT_DIR",
                    help="write <name>.png per recording: a timeline, one lane per speaker (needs the eval extra)")
     p.add_argument("--json", action="store_true",
@@ -100,7 +101,7 @@ def _main(argv) -> int:
             continue
         written = []
         if args.rttm:
-            written.append(str(result.to_rttm(Path(args.rttm) / f"{result.uri if path == '-' else Path(path).stem}.rttm")))
+            written.append(str(result.to_rttm(Path(args.rttm) / f"{result.uri}.rttm")))  # a file's stem, or stdin
         if args.plot:
             from deep_speaker.plots import plot_diarization
 

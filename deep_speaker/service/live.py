@@ -22,7 +22,8 @@ secrets throttled per key id), the key's rate (one request per stream), the ``id
 nothing for ``IDLE_TIMEOUT_S`` is closed, so an idle client cannot keep a place.
 A stream runs `SpeakerEncoder.diarize_stream` in this server process, on a model it loads once for all
 streams (the same file and runtime as the workers), each push in a thread so the event loop never waits on
-it. Enrolled speakers are named as POST /v1/diarize names them, from the means at the stream's start.
+it. Enrolled speakers (their means at the stream's start) are recognised as the online diarizer recognises
+them (`online_naming_threshold`) and announced by "name" messages.
 """
 from __future__ import annotations
 

@@ -306,6 +306,11 @@ class _WindowStream:
         self._flush()
 
     @property
+    def stretch_open(self) -> bool:
+        """Whether the current stretch of speech has frames (close_stretch would end something)."""
+        return self.offset + len(self.buffer) > self.stretch_start
+
+    @property
     def earliest_next_start(self) -> int:
         """No window queued from now on starts before this compressed index: the grid has passed it, and the
         open stretch's closing window ends at its end, a window's length on."""

@@ -329,12 +329,7 @@ class SpeakerEncoder:
         match). queries: one file or embedding (-> one Identification), or
         several files or an (n, dim) array (-> a list). An enrolment made with
         another model or other feature settings raises EnrolmentError."""
-        if not isinstance(enrolment, Enrolment):
-            name = str(enrolment)
-            enrolment = Enrolment.load(enrolment)
-        else:
-            name = "the enrolment"
-        enrolment.check_compatible(self.model_identity, enrolment_settings(self.config), name)
+        enrolment = self._compatible_enrolment(enrolment)
         if threshold is None:
             threshold = self.threshold
         single = isinstance(queries, (str, Path)) or (isinstance(queries, np.ndarray) and queries.ndim == 1)
@@ -395,12 +390,8 @@ class SpeakerEncoder:
         the end. Speakers are decided as they come, so the count is never given; max_speakers caps it."""
         from deep_speaker.online_diarization import OnlineDiarizer
 
-        if enrolment is not None and not isinstance(enrolment, Enrolment):
-            enrolment = Enrolment.load(enrolment)
         if enrolment is not None:
-            from deep_speaker.identification import enrolment_settings
-
-            enrolment.check_compatible(self.model_identity, enrolment_settings(self.config))
+            enrolment = self._compatible_enrolment(enrolment)
         rate = int(sample_rate or self.config.sample_rate_hz)
         if not MIN_INPUT_RATE_HZ <= rate <= MAX_INPUT_RATE_HZ:
             raise AudioError(f"stream: sample rate {rate} Hz outside {MIN_INPUT_RATE_HZ}-{MAX_INPUT_RATE_HZ} Hz")
@@ -408,6 +399,17 @@ class SpeakerEncoder:
                               settings=settings)
 
     # --- internals ----------------------------------------------------------------------------------
+
+    def _compatible_enrolment(self, enrolment: Enrolment | PathLike) -> Enrolment:
+        """The enrolment (loaded when a path is given), checked to be of this model and feature settings:
+        EnrolmentError naming the file otherwise."""
+        if isinstance(enrolment, Enrolment):
+            name = "the enrolment"
+        else:
+            name = str(enrolment)
+            enrolment = Enrolment.load(enrolment)
+        enrolment.check_compatible(self.model_identity, enrolment_settings(self.config), name)
+        return enrolment
 
     def _require(self, require_speech: bool | None) -> bool:
         return self.require_speech if require_speech is None else bool(require_speech)

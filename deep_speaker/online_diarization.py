@@ -223,10 +223,8 @@ class OnlineDiarizer:
         drop = self._decided - self._fbank0  # fbank rows of decided frames are no longer needed
         self._fbank, self._fbank0 = self._fbank[drop:], self._decided
         # A pause longer than split_gap_s ends the stretch now, not when speech comes back.
-        stream = self._windows
-        if self._decided - 1 - self._last_speech > self._split_gap and stream.offset + len(stream.buffer) > \
-                stream.stretch_start:
-            stream.close_stretch()
+        if self._decided - 1 - self._last_speech > self._split_gap and self._windows.stretch_open:
+            self._windows.close_stretch()
 
     # --- 3. decisions ------------------------------------------------------------------------------
 

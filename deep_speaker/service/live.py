@@ -207,10 +207,7 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
                 raise StreamError("upload_too_large", f"the stream is over {max_seconds:g} s of audio "
                                                       "(--max_stream_seconds)")
             samples = np.frombuffer(data, "<i2").astype(np.float32) / 32768.0
-            turns = await run_in_threadpool(stream.push, samples)
-            for start, end, speaker in turns:
-                await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
-            await _send_names(websocket, stream)
+            await _send_final(websocket, stream, await run_in_threadpool(stream.push, samples))
             now = stream.current
             if now != current:  # the turn in progress, or none (null) once every turn heard is final
                 await websocket.send_json({"type": "current", "start": now[0] if now else None,
@@ -223,9 +220,7 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
                 kind = None
             if kind != "end":
                 raise StreamError("bad_request", "a text message after the start is {\"type\": \"end\"}")
-            for start, end, speaker in await run_in_threadpool(stream.close):
-                await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
-            await _send_names(websocket, stream)
+            await _send_final(websocket, stream, await run_in_threadpool(stream.close))
             result = stream.diarization()
             await websocket.send_json({"type": "done", "speakers": result.speakers,
                                        "num_speakers": result.num_speakers, "duration": round(result.duration_s, 3),
@@ -234,9 +229,12 @@ async def _run(websocket: WebSocket, stream, rate: int, max_seconds: float) -> N
             return
 
 
-async def _send_names(websocket: WebSocket, stream) -> None:
-    """An enrolled speaker recognised: {"type": "name", "speaker": "speaker_2", "name": "alice"}; the turns
-    of speaker_2, those sent and those to come, are alice's."""
+async def _send_final(websocket: WebSocket, stream, turns) -> None:
+    """The turns that became final, {"type": "turn", ...} each, then the enrolled speakers recognised since the
+    last call: {"type": "name", "speaker": "speaker_2", "name": "alice"} (the turns of speaker_2, those sent and
+    those to come, are alice's)."""
+    for start, end, speaker in turns:
+        await websocket.send_json({"type": "turn", "start": start, "end": end, "speaker": speaker})
     for label, name in stream.new_names():
         await websocket.send_json({"type": "name", "speaker": label, "name": name})
 
